@@ -1,0 +1,1 @@
+"""sam2-video: fine-tune, run and score SAM2 for video object segmentation."""

@@ -1,0 +1,45 @@
+"""`sam2-video` command line: demo, train, export, predict, evaluate.
+
+Each sub-command lives next to the code it drives and exposes `add_arguments(parser)` and
+`run(args) -> int`; this file only wires them together.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sam2_video.errors import UserInputError
+
+# sub-command -> (module, one-line help)
+COMMANDS = {
+    "demo": ("sam2_video.demo", "generate synthetic videos, fine-tune a tiny model, report J&F before/after"),
+    "train": ("sam2_video.train.cli", "fine-tune from a YAML config: sam2-video train --config FILE [key=value ...]"),
+    "export": ("sam2_video.train.export_cli", "write a training checkpoint's model in the official SAM2 format"),
+    "predict": ("sam2_video.predict.cli", "segment a frame folder or .mp4 from first-frame masks or clicks"),
+    "evaluate": ("sam2_video.evaluate.cli", "DAVIS J&F of predicted masks against ground truth"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam2-video", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (UserInputError, FileNotFoundError) as err:
+        print(f"sam2-video {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

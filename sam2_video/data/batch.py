@@ -1,0 +1,116 @@
+"""Per-clip samples and the batched structure the models consume.
+
+A dataset returns one `VideoClip` per item; `collate_fn` pads and stacks clips into one
+`BatchedVideoDatapoint`. Shapes use T = frames per clip, B = clips, O = objects (all clips'
+objects together), K = prompt points per object, H x W = image size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+
+@dataclass
+class ObjectPrompt:
+    """Explicit or generated prompt for one object on one frame (coordinates in pixels, x then y).
+
+    point_coords [K,2] float, point_labels [K] int (1 positive, 0 negative, 2/3 box corners),
+    box [4] float (x0, y0, x1, y1) or None, mask [H,W] bool or None.
+    """
+
+    point_coords: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2))
+    point_labels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
+    box: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.point_labels) == 0 and self.box is None and self.mask is None
+
+
+@dataclass
+class VideoClip:
+    """One sampled clip of one video, after augmentation.
+
+    images [T,3,H,W] float (normalised), masks [T,N,H,W] bool for the N sampled objects,
+    object_ids [N] int64 (ids as in the annotation), prompts[t][n] an ObjectPrompt or None,
+    frame_names T strings, is_padding [T] bool (frames repeated to fill a short video).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    object_ids: torch.Tensor
+    video_name: str
+    frame_names: list[str]
+    prompts: list[list[ObjectPrompt | None]] | None = None
+    is_padding: torch.Tensor | None = None
+    orig_size: tuple[int, int] | None = None  # (H, W) of the source frames
+
+
+@dataclass
+class BatchedVideoDatapoint:
+    """A batch of B clips of T frames with O objects in total.
+
+    img_batch [T,B,3,H,W] float; obj_to_frame_idx [T,O,2] int (frame t, video b) for each object;
+    masks [T,O,H,W] bool (empty where the object is absent); point_coords [T,O,K,2] float and
+    point_labels [T,O,K] int (padding label -1, "not a point"); boxes [T,O,4] float with
+    box_valid [T,O] bool; mask_prompts [T,O,H,W] bool with mask_prompt_valid [T,O] bool;
+    object_ids [O] int64; frame_is_padding [T,B] bool; video_names B strings; frame_names [B][T].
+    """
+
+    img_batch: torch.Tensor
+    obj_to_frame_idx: torch.Tensor
+    masks: torch.Tensor
+    point_coords: torch.Tensor
+    point_labels: torch.Tensor
+    boxes: torch.Tensor
+    box_valid: torch.Tensor
+    mask_prompts: torch.Tensor
+    mask_prompt_valid: torch.Tensor
+    object_ids: torch.Tensor
+    frame_is_padding: torch.Tensor
+    video_names: list[str]
+    frame_names: list[list[str]]
+
+    @property
+    def num_frames(self) -> int:
+        return self.img_batch.shape[0]
+
+    @property
+    def num_videos(self) -> int:
+        return self.img_batch.shape[1]
+
+    @property
+    def num_objects(self) -> int:
+        return self.masks.shape[1]
+
+    @property
+    def flat_img_batch(self) -> torch.Tensor:
+        """[(B*T),3,H,W]: clip b's frame t sits at index b*T + t."""
+        return self.img_batch.transpose(0, 1).flatten(0, 1)
+
+    @property
+    def flat_obj_to_img_idx(self) -> torch.Tensor:
+        """[T,O] long: index into `flat_img_batch` of each object's image at each time step."""
+        frame_idx, video_idx = self.obj_to_frame_idx.long().unbind(dim=-1)
+        return video_idx * self.num_frames + frame_idx
+
+    @property
+    def has_prompts(self) -> torch.Tensor:
+        """[T,O] bool: an explicit point, box or mask prompt exists for the object on that frame."""
+        return (self.point_labels >= 0).any(-1) | self.box_valid | self.mask_prompt_valid
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "BatchedVideoDatapoint":
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=non_blocking) if torch.is_tensor(value) else value
+        return BatchedVideoDatapoint(**moved)
+
+    def pin_memory(self) -> "BatchedVideoDatapoint":
+        pinned = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            pinned[f.name] = value.pin_memory() if torch.is_tensor(value) else value
+        return BatchedVideoDatapoint(**pinned)

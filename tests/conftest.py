@@ -1,0 +1,40 @@
+"""Shared test fixtures: the real data folder and the official reference implementation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """`../shared/data` beside the checkout; tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def davis_root(shared_data: Path) -> Path:
+    root = shared_data / "davis2016_val_subset"
+    if not root.is_dir():
+        pytest.skip(f"DAVIS 2016 subset not found at {root}")
+    return root
+
+
+def require_reference():
+    """Import the official SAM2 code (pip sam2==1.1.0); skip with the install command if missing."""
+    try:
+        import sam2  # noqa: F401
+    except ImportError:
+        pytest.skip("reference implementation missing: pip install --no-deps sam2==1.1.0 hydra-core iopath")
