@@ -1,0 +1,310 @@
+"""The typed run configuration: one YAML file with `model:`, `dataset:` and `train:` sections.
+
+`load_config(path, overrides)` reads the file, applies command-line overrides such as
+`train.lr=1e-5`, and checks every key and value against the dataclasses below: an unknown key
+names the closest valid one, a value of the wrong type names the key and the expected type.
+`RunConfig.to_dict()` is the resolved config saved into checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from sam2_video.errors import UserInputError
+
+MODEL_KINDS = ("sam2", "stcn")
+DATASET_TYPES = ("video", "coco", "vos", "sav", "synthetic")
+PROMPT_TYPES = ("point", "bbox", "mask")
+
+
+@dataclass
+class ModelSection:
+    """What to fine-tune. `config_path` is a preset name (e.g. `sam2.1_hiera_t`) or an official config file."""
+
+    model: str = "sam2"
+    checkpoint_path: str | None = None
+    config_path: str = "sam2.1_hiera_t"
+    trainable_modules: list[str] = field(default_factory=lambda: ["memory_attention", "memory_encoder"])
+    image_size: int = 512
+    num_maskmem: int = 7
+    cache_image_features: bool = False  # reuse frozen image-encoder features across epochs
+    # the SAM2 training recipe (official defaults)
+    prob_to_use_pt_input: float = 0.5
+    prob_to_use_box_input: float = 0.5
+    num_init_cond_frames: int = 1
+    num_correction_pt_per_frame: int = 7
+    num_frames_to_correct: int = 2
+
+
+@dataclass
+class DataSection:
+    """Where the clips come from and how they are sampled (seed 002's `dataset:` block).
+
+    `data_path` is a folder (video, vos, synthetic) or a JSON file (coco, sav); `image_size` is
+    an int or [height, width]; `explicit_prompts` uses the dataset's own prompts as they are.
+    """
+
+    dataset_type: str = "vos"
+    data_path: str | None = None
+    image_size: list[int] = field(default_factory=lambda: [512, 512])
+    video_clip_length: int = 8
+    max_num_objects: int = 3
+    batch_size: int = 1
+    num_workers: int = 2
+    shuffle: bool = True
+    prompt_types: list[str] = field(default_factory=lambda: ["point", "bbox", "mask"])
+    num_of_pos_points: int = 1
+    num_of_neg_points: int = 0
+    include_center_point: bool = False
+    explicit_prompts: bool = False
+    augment: bool = True
+    val_data_path: str | None = None
+    val_dataset_type: str | None = None  # default: same as dataset_type
+    val_max_videos: int | None = None
+
+
+@dataclass
+class TrainSection:
+    """Optimisation, schedule, checkpoints and logging.
+
+    Learning rates follow the official SAM2.1 fine-tuning recipe; the schedule warms up linearly
+    for `warmup_steps` optimizer steps, then follows a cosine from `lr` down to `lr * final_lr_ratio`.
+    """
+
+    out_dir: str = "runs/train"
+    epochs: int = 10
+    lr: float = 5.0e-6
+    image_encoder_lr: float = 3.0e-6
+    weight_decay: float = 0.1
+    layer_decay: float = 0.9  # per-block lr decay inside image_encoder.trunk; 1.0 turns it off
+    warmup_steps: int = 0
+    final_lr_ratio: float = 0.1
+    grad_clip: float = 0.1  # max gradient norm; 0 turns clipping off
+    grad_accumulation: int = 1
+    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    val_every_epochs: int = 1
+    val_every_steps: int = 0  # 0: only every `val_every_epochs`
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    log_every_steps: int = 1
+    # loss weights and settings (official MultiStepMultiMasksAndIous)
+    loss_mask_weight: float = 20.0
+    loss_dice_weight: float = 1.0
+    loss_iou_weight: float = 1.0
+    loss_class_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    supervise_all_iou: bool = True
+    iou_use_l1_loss: bool = True
+
+
+@dataclass
+class RunConfig:
+    """One training run: `model:`, `dataset:` and `train:` sections of the YAML file."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    dataset: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON/checkpoint friendly); `load_config` reads it back."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config, apply `section.key=value` overrides, check it, return a `RunConfig`.
+
+    `path` None starts from the defaults. Override values are parsed as YAML (`train.lr=1e-5`,
+    `model.trainable_modules=[memory_attention,sam_mask_decoder]`). Raises `UserInputError`.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"{path}: config file not found (expected a YAML file with model:, dataset:, train:)")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserInputError(f"{path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserInputError(f"{path}: expected a mapping with model:, dataset:, train: at the top level")
+        raw = loaded or {}
+    for override in overrides:
+        _apply_override(raw, override)
+    config = _build(RunConfig, raw, prefix="", source=source)
+    _check_values(config, source)
+    return config
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise UserInputError(f"override {override!r}: expected section.key=value, e.g. train.lr=1e-5")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserInputError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise UserInputError(f"override {override!r}: value is not valid YAML: {err}") from None
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        keys.append(name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(_all_keys(hints[f.name], f"{name}."))
+    return keys
+
+
+def _unknown_key_error(source: str, key: str, cls: type, prefix: str) -> UserInputError:
+    full_key = f"{prefix}{key}"
+    section_keys = [f"{prefix}{f.name}" for f in dataclasses.fields(cls)]
+    candidates = difflib.get_close_matches(full_key, section_keys, n=1, cutoff=0.5)
+    if not candidates:
+        candidates = difflib.get_close_matches(full_key, _all_keys(RunConfig), n=1, cutoff=0.5)
+    hint = f"; did you mean '{candidates[0]}'?" if candidates else ""
+    valid = ", ".join(f.name for f in dataclasses.fields(cls))
+    where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+    return UserInputError(f"{source}: unknown key '{full_key}'{hint} (valid keys in {where}: {valid})")
+
+
+def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UserInputError(f"{source}: '{prefix[:-1]}' must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key_error(source, str(key), cls, prefix)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
+    return cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else hint.__name__
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check `value` against the field type `hint`; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except UserInputError:
+                continue
+    elif origin is list:
+        if key == "dataset.image_size" and isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if isinstance(value, (list, tuple)):
+            (item_hint,) = typing.get_args(hint)
+            return [_coerce(item, item_hint, f"{key}[{i}]", source) for i, item in enumerate(value)]
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise UserInputError(f"{source}: '{key}' must be {_type_name(hint)}, got {value!r}")
+
+
+def _check_choice(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserInputError(f"{source}: '{key}' is {value!r}{hint} (expected one of {', '.join(choices)})")
+
+
+def _check_values(config: RunConfig, source: str) -> None:
+    """Value checks that need more than a type: choices, ranges, and paths that must exist."""
+    _check_choice(source, "model.model", config.model.model, MODEL_KINDS)
+    data = config.dataset
+    _check_choice(source, "dataset.dataset_type", data.dataset_type, DATASET_TYPES)
+    if data.val_dataset_type is not None:
+        _check_choice(source, "dataset.val_dataset_type", data.val_dataset_type, DATASET_TYPES)
+    for prompt_type in data.prompt_types:
+        _check_choice(source, "dataset.prompt_types", prompt_type, PROMPT_TYPES)
+    if len(data.image_size) != 2 or min(data.image_size) <= 0:
+        raise UserInputError(f"{source}: 'dataset.image_size' must be a positive int or [height, width], got {data.image_size}")
+    for key, value in [
+        ("dataset.video_clip_length", data.video_clip_length),
+        ("dataset.batch_size", data.batch_size),
+        ("dataset.max_num_objects", data.max_num_objects),
+        ("model.image_size", config.model.image_size),
+        ("model.num_maskmem", config.model.num_maskmem),
+        ("train.grad_accumulation", config.train.grad_accumulation),
+        ("train.log_every_steps", config.train.log_every_steps),
+    ]:
+        if value < 1:
+            raise UserInputError(f"{source}: '{key}' must be at least 1, got {value}")
+    for key, value in [
+        ("dataset.num_workers", data.num_workers),
+        ("train.epochs", config.train.epochs),
+        ("train.warmup_steps", config.train.warmup_steps),
+        ("train.val_every_epochs", config.train.val_every_epochs),
+        ("train.val_every_steps", config.train.val_every_steps),
+        ("train.checkpoint_every_steps", config.train.checkpoint_every_steps),
+        ("train.lr", config.train.lr),
+        ("train.image_encoder_lr", config.train.image_encoder_lr),
+        ("train.grad_clip", config.train.grad_clip),
+    ]:
+        if value < 0:
+            raise UserInputError(f"{source}: '{key}' must not be negative, got {value}")
+    if not config.model.trainable_modules:
+        raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
+    if data.dataset_type != "synthetic":
+        if data.data_path is None:
+            raise UserInputError(f"{source}: 'dataset.data_path' is required for dataset_type {data.dataset_type!r}")
+        if not Path(data.data_path).exists():
+            raise UserInputError(f"{source}: 'dataset.data_path' {data.data_path} does not exist")
+    if data.val_data_path is not None and (data.val_dataset_type or data.dataset_type) != "synthetic":
+        if not Path(data.val_data_path).exists():
+            raise UserInputError(f"{source}: 'dataset.val_data_path' {data.val_data_path} does not exist")
+    checkpoint = config.model.checkpoint_path
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserInputError(f"{source}: 'model.checkpoint_path' {checkpoint} is not a file")
