@@ -1,0 +1,169 @@
+"""Memory attention: the current frame's features attend to the memory bank (official SAM2 semantics).
+
+Sequences are sequence-first, as in the official module: L = tokens of the current frame
+(feat_size**2), M = memory tokens (spatial memories of several frames, then object-pointer
+tokens), B = batch (in the video predictor, one entry per object).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam2_video.model.mask_decoder import Attention
+from sam2_video.model.presets import SAM2Config
+
+
+def axial_rope_frequencies(head_dim: int, side: int, theta: float = 10000.0) -> torch.Tensor:
+    """Complex rotations [side*side, head_dim//2] for a row-major side x side grid.
+
+    The first head_dim//4 entries rotate by the x coordinate, the last head_dim//4 by y.
+    """
+    if head_dim % 4 != 0:
+        raise ValueError(f"axial RoPE needs a head dimension divisible by 4, got {head_dim}")
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 4)[: head_dim // 4].float() / head_dim))
+    t = torch.arange(side * side, dtype=torch.float32)
+    t_x = t % side
+    t_y = torch.div(t, side, rounding_mode="floor")
+    angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x [B, heads, N, head_dim] by freqs [N, head_dim//2]."""
+    x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(x_complex * freqs).flatten(3).type_as(x)
+
+
+class RoPEAttention(Attention):
+    """Attention with 2-D axial rotary position encoding on queries and keys.
+
+    The query is a square grid of feat_size x feat_size tokens (the side is recomputed from
+    the sequence length, so any image size works). With `rope_k_repeat` the keys may hold
+    several such grids one after another (memories of several frames), each rotated like the
+    query grid; the last `num_k_exclude_rope` keys (object pointers) are not rotated.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        downsample_rate: int = 1,
+        dropout: float = 0.0,
+        kv_in_dim: int | None = None,
+        rope_theta: float = 10000.0,
+        rope_k_repeat: bool = False,
+    ) -> None:
+        super().__init__(embedding_dim, num_heads, downsample_rate=downsample_rate, dropout=dropout,
+                         kv_in_dim=kv_in_dim)
+        self.head_dim = (embedding_dim // downsample_rate) // num_heads
+        self.rope_theta = rope_theta
+        self.rope_k_repeat = rope_k_repeat
+        self._freqs_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _frequencies(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        key = (num_tokens, device)
+        if key not in self._freqs_cache:
+            side = math.isqrt(num_tokens)
+            if side * side != num_tokens:
+                raise ValueError(
+                    f"RoPEAttention expects a square grid of query tokens, got {num_tokens} tokens"
+                )
+            freqs = axial_rope_frequencies(self.head_dim, side, self.rope_theta)
+            self._freqs_cache[key] = freqs.to(device)
+        return self._freqs_cache[key]
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0
+    ) -> torch.Tensor:
+        """q [B, L, C], k and v [B, M, C_kv] -> [B, L, C]."""
+        q = self.separate_heads(self.q_proj(q))
+        k = self.separate_heads(self.k_proj(k))
+        v = self.separate_heads(self.v_proj(v))
+
+        num_q = q.shape[-2]
+        num_k_rope = k.shape[-2] - num_k_exclude_rope
+        freqs = self._frequencies(num_q, q.device)
+        q = apply_rope(q, freqs)
+        if num_k_rope > 0:
+            if num_k_rope != num_q and not (self.rope_k_repeat and num_k_rope % num_q == 0):
+                raise ValueError(
+                    f"RoPE keys ({num_k_rope}) must be {num_q} tokens"
+                    + (" or a multiple of it" if self.rope_k_repeat else "")
+                )
+            k_freqs = freqs.repeat(num_k_rope // num_q, 1)
+            k = torch.cat([apply_rope(k[:, :, :num_k_rope], k_freqs), k[:, :, num_k_rope:]], dim=2)
+        return self.attend(q, k, v)
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm block: RoPE self-attention, RoPE cross-attention to memory, ReLU feed-forward."""
+
+    def __init__(self, d_model: int, mem_dim: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = RoPEAttention(d_model, num_heads=1, dropout=dropout)
+        self.cross_attn_image = RoPEAttention(d_model, num_heads=1, dropout=dropout, kv_in_dim=mem_dim,
+                                              rope_k_repeat=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(
+        self, tgt: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_k_exclude_rope: int = 0
+    ) -> torch.Tensor:
+        """tgt [B, L, d], memory and memory_pos [B, M, mem_dim] -> [B, L, d]."""
+        x = self.norm1(tgt)
+        tgt = tgt + self.dropout1(self.self_attn(x, x, x))
+        x = self.norm2(tgt)
+        attended = self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=num_k_exclude_rope)
+        tgt = tgt + self.dropout2(attended)
+        x = self.norm3(tgt)
+        x = self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return tgt + self.dropout3(x)
+
+
+class MemoryAttention(nn.Module):
+    """Stack of `cfg.memory_attention_layers` MemoryAttentionLayers and a final LayerNorm."""
+
+    def __init__(self, cfg: SAM2Config) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            MemoryAttentionLayer(cfg.d_model, cfg.mem_dim, cfg.memory_attention_ffn_dim, cfg.dropout)
+            for _ in range(cfg.memory_attention_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(
+        self,
+        curr: torch.Tensor,
+        memory: torch.Tensor,
+        curr_pos: torch.Tensor,
+        memory_pos: torch.Tensor,
+        num_obj_ptr_tokens: int = 0,
+    ) -> torch.Tensor:
+        """Condition the current frame on memory.
+
+        curr, curr_pos [L, B, d]; memory, memory_pos [M, B, mem_dim] whose last
+        `num_obj_ptr_tokens` tokens are object pointers. Returns [L, B, d].
+        Memory stored in another dtype (the predictor keeps it in bfloat16) is cast to curr's dtype.
+        """
+        if curr.shape[1] != memory.shape[1]:
+            raise ValueError(
+                f"batch size differs between current features ({curr.shape[1]}) and memory ({memory.shape[1]})"
+            )
+        memory = memory.to(curr.dtype)
+        memory_pos = memory_pos.to(curr.dtype)
+        output = (curr + 0.1 * curr_pos).transpose(0, 1)
+        memory = memory.transpose(0, 1)
+        memory_pos = memory_pos.transpose(0, 1)
+        for layer in self.layers:
+            output = layer(output, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+        return self.norm(output).transpose(0, 1)

@@ -1,0 +1,143 @@
+"""Memory attention and memory encoder against the official SAM2 modules (same weights, same inputs)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam2_video.model.memory_attention import MemoryAttention
+from sam2_video.model.memory_encoder import MemoryEncoder
+from sam2_video.model.presets import SAM2Config, sam2_config
+from conftest import require_reference
+
+# (preset, image size): official hiera_t widths at 256 px, and the tiny test preset
+CONFIGS = [("sam2.1_hiera_t", 256), ("sam2.1_tiny_test", 128)]
+
+
+def _randomise(module: torch.nn.Module) -> None:
+    """Random values for every parameter (LayerNorm and layer-scale included) so that no path is trivial."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+def _official_memory_attention(cfg: SAM2Config) -> torch.nn.Module:
+    from sam2.modeling.memory_attention import MemoryAttention as RefMemoryAttention
+    from sam2.modeling.memory_attention import MemoryAttentionLayer as RefLayer
+    from sam2.modeling.sam.transformer import RoPEAttention as RefRoPE
+
+    side = cfg.feat_size
+    layer = RefLayer(
+        activation="relu",
+        cross_attention=RefRoPE(embedding_dim=cfg.d_model, num_heads=1, downsample_rate=1, dropout=cfg.dropout,
+                                kv_in_dim=cfg.mem_dim, rope_theta=10000.0, feat_sizes=[side, side],
+                                rope_k_repeat=True),
+        d_model=cfg.d_model,
+        dim_feedforward=cfg.memory_attention_ffn_dim,
+        dropout=cfg.dropout,
+        pos_enc_at_attn=False,
+        pos_enc_at_cross_attn_keys=True,
+        pos_enc_at_cross_attn_queries=False,
+        self_attention=RefRoPE(embedding_dim=cfg.d_model, num_heads=1, downsample_rate=1, dropout=cfg.dropout,
+                               rope_theta=10000.0, feat_sizes=[side, side]),
+    )
+    return RefMemoryAttention(d_model=cfg.d_model, pos_enc_at_input=True, layer=layer,
+                              num_layers=cfg.memory_attention_layers)
+
+
+def _official_memory_encoder(cfg: SAM2Config) -> torch.nn.Module:
+    from sam2.modeling.memory_encoder import CXBlock as RefCXBlock
+    from sam2.modeling.memory_encoder import Fuser as RefFuser
+    from sam2.modeling.memory_encoder import MaskDownSampler as RefMaskDownSampler
+    from sam2.modeling.memory_encoder import MemoryEncoder as RefMemoryEncoder
+    from sam2.modeling.position_encoding import PositionEmbeddingSine as RefPE
+
+    return RefMemoryEncoder(
+        out_dim=cfg.mem_dim,
+        mask_downsampler=RefMaskDownSampler(embed_dim=cfg.d_model, kernel_size=3, stride=2, padding=1),
+        fuser=RefFuser(RefCXBlock(dim=cfg.d_model, kernel_size=7, padding=3, layer_scale_init_value=1e-6,
+                                  use_dwconv=True), num_layers=2),
+        position_encoding=RefPE(num_pos_feats=cfg.mem_dim, normalize=True, scale=None, temperature=10000),
+        in_dim=cfg.d_model,
+    )
+
+
+def _pair(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
+    _randomise(ref)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.eval()
+    ref.eval()
+
+
+@pytest.mark.parametrize("preset,image_size", CONFIGS)
+@pytest.mark.parametrize("num_frames,num_ptr_tokens", [(1, 0), (3, 8)])
+def test_memory_attention_matches_official(preset, image_size, num_frames, num_ptr_tokens):
+    require_reference()
+    cfg = sam2_config(preset, image_size=image_size)
+    ours, ref = MemoryAttention(cfg), _official_memory_attention(cfg)
+    _pair(ours, ref)
+    tokens, batch = cfg.feat_size**2, 2
+    curr = torch.randn(tokens, batch, cfg.d_model)
+    curr_pos = torch.randn(tokens, batch, cfg.d_model)
+    memory = torch.randn(num_frames * tokens + num_ptr_tokens, batch, cfg.mem_dim)
+    memory_pos = torch.randn_like(memory)
+    with torch.no_grad():
+        expected = ref(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=num_ptr_tokens)
+        actual = ours(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=num_ptr_tokens)
+    assert actual.shape == (tokens, batch, cfg.d_model)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def test_memory_attention_state_dict_keys_match_checkpoint():
+    """The keys and shapes of the official sam2.1_hiera_t checkpoint (prefix memory_attention.)."""
+    require_reference()
+    cfg = sam2_config("sam2.1_hiera_t")
+    ours = MemoryAttention(cfg).state_dict()
+    ref = _official_memory_attention(cfg).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+
+
+def test_memory_attention_accepts_bfloat16_memory():
+    """The predictor stores memory in bf16; the official module crashes there (upstream issue 308),
+    ours casts it to the query dtype, which equals the official result on the fp32-cast memory."""
+    require_reference()
+    cfg = sam2_config("sam2.1_tiny_test", image_size=64)
+    ours, ref = MemoryAttention(cfg), _official_memory_attention(cfg)
+    _pair(ours, ref)
+    tokens = cfg.feat_size**2
+    curr, curr_pos = torch.randn(tokens, 1, cfg.d_model), torch.randn(tokens, 1, cfg.d_model)
+    memory = torch.randn(2 * tokens, 1, cfg.mem_dim).bfloat16()
+    memory_pos = torch.randn(2 * tokens, 1, cfg.mem_dim).bfloat16()
+    with torch.no_grad():
+        expected = ref(curr, memory.float(), curr_pos, memory_pos.float())
+        actual = ours(curr, memory, curr_pos, memory_pos)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def test_memory_attention_rejects_mismatched_batches():
+    cfg = sam2_config("sam2.1_tiny_test", image_size=64)
+    tokens = cfg.feat_size**2
+    with pytest.raises(ValueError, match="batch size differs"):
+        MemoryAttention(cfg)(torch.randn(tokens, 2, cfg.d_model), torch.randn(tokens, 3, cfg.mem_dim),
+                             torch.randn(tokens, 2, cfg.d_model), torch.randn(tokens, 3, cfg.mem_dim))
+
+
+@pytest.mark.parametrize("preset,image_size", CONFIGS)
+@pytest.mark.parametrize("skip_mask_sigmoid", [False, True])
+def test_memory_encoder_matches_official(preset, image_size, skip_mask_sigmoid):
+    require_reference()
+    cfg = sam2_config(preset, image_size=image_size)
+    ours, ref = MemoryEncoder(cfg), _official_memory_encoder(cfg)
+    _pair(ours, ref)
+    side = cfg.feat_size
+    pix_feat = torch.randn(2, cfg.d_model, side, side)
+    masks = torch.randn(2, 1, image_size, image_size) * 5
+    if skip_mask_sigmoid:
+        masks = (masks > 0).float()
+    with torch.no_grad():
+        expected = ref(pix_feat, masks, skip_mask_sigmoid=skip_mask_sigmoid)
+        actual = ours(pix_feat, masks, skip_mask_sigmoid=skip_mask_sigmoid)
+    assert actual["vision_features"].shape == (2, cfg.mem_dim, side, side)
+    torch.testing.assert_close(actual["vision_features"], expected["vision_features"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual["vision_pos_enc"][0], expected["vision_pos_enc"][0], atol=1e-6, rtol=0)
