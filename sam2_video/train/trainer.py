@@ -1,0 +1,419 @@
+"""A trainer generic over the model: `model(batch) -> outputs`, `loss_fn(outputs, batch) -> {"core_loss": ...}`.
+
+It owns the data order (an epoch-seeded sampler whose items carry their own seeds, so a resumed
+run sees the same clips, crops and prompts), AdamW with parameter groups, the warm-up + cosine
+schedule, gradient clipping and accumulation, bf16 autocast on CUDA, DDP under `torchrun`,
+validation with `best.pt` kept by the best metric, atomic `last.pt` checkpoints with every
+RNG state, and the logs (`metrics.jsonl`, TensorBoard, `loss_curve.png`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sam2_video.config import TrainSection
+from sam2_video.errors import UserInputError
+from sam2_video.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from sam2_video.train.loss import CORE_LOSS_KEY
+from sam2_video.train.metrics_log import MetricsLog, plot_loss_curve
+from sam2_video.train.optim import build_optimizer, build_scheduler
+
+LossFn = Callable[[Any, Any], dict[str, Tensor]]
+Validator = Callable[[nn.Module], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN / infinite loss or gradient; the message names the step and the videos."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's `random`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"train.device is {name!r} but CUDA is not available (use auto or cpu)")
+    return device
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Yields (dataset index, item seed) for this rank: an epoch-seeded order, sharded over ranks,
+    optionally starting part-way into the epoch (after `start` items of this rank's share)."""
+
+    def __init__(self, num_items: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.num_items = num_items
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def items_per_rank(self) -> int:
+        return math.ceil(self.num_items / self.world_size)
+
+    def __len__(self) -> int:
+        return max(self.items_per_rank() - self.start, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+        else:
+            order = list(range(self.num_items))
+        total = self.items_per_rank() * self.world_size
+        order = (order * math.ceil(total / max(len(order), 1)))[:total]  # pad by repeating, as DistributedSampler
+        for position in range(self.rank + self.start * self.world_size, total, self.world_size):
+            item_seed = int(np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1)[0])
+            yield order[position], item_seed
+
+
+class SeededItems(Dataset):
+    """Draws item `index` with torch / numpy / random seeded from the item's seed, then puts the
+    caller's RNG states back: a clip's augmentation and prompts depend only on (seed, epoch, position)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, item_seed = key
+        saved = capture_rng_state()
+        seed_everything(item_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            restore_rng_state(saved)
+
+
+@dataclass
+class TrainResult:
+    """What `Trainer.fit` did: optimizer steps, epochs finished, last logged losses, best metric."""
+
+    steps: int
+    epochs: int
+    last_loss: dict[str, float]
+    best_meter_values: dict[str, float]
+    seconds: float
+    out_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Fine-tune `model` on `train_dataset` with the settings of a `TrainSection`.
+
+    model: `model(batch) -> outputs`; its trainable parameters are those with requires_grad.
+    loss_fn: `loss_fn(outputs, batch) -> dict` with a scalar `core_loss` (other scalars are logged).
+    train_dataset: items combined by `collate_fn` into a batch with `.to(device)` (or a tensor);
+    a batch's `video_names` (if present) name the clips in error messages.
+    validate: `validate(model) -> {"J&F": ...}` run on rank 0 every `val_every_epochs` /
+    `val_every_steps`; `best.pt` keeps the checkpoint with the highest `best_metric`.
+    run_config: the resolved run config, stored in every checkpoint.
+    Under `torchrun` (process group initialised) the model is wrapped in DDP, the data sharded,
+    and only rank 0 writes logs and checkpoints to `settings.out_dir`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_dataset: Dataset,
+        settings: TrainSection,
+        *,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        collate_fn: Callable[[list], Any] | None = None,
+        validate: Validator | None = None,
+        best_metric: str = "J&F",
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.loss_fn = loss_fn
+        self.validate = validate
+        self.best_metric = best_metric
+        self.run_config = run_config
+        self.out_dir = Path(settings.out_dir)
+        self.rank, self.world_size = distributed_rank_and_size()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(settings.device)
+        self.use_autocast = settings.amp and self.device.type == "cuda"
+
+        self.module = model.to(self.device)
+        self.model: nn.Module = self.module
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=device_ids, find_unused_parameters=True
+            )
+
+        self.sampler = ResumableSampler(len(train_dataset), shuffle, settings.seed, self.rank, self.world_size)
+        self.loader = DataLoader(
+            SeededItems(train_dataset),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # keeps the loader from drawing on the global RNG
+        )
+        self.batches_per_epoch = (self.sampler.items_per_rank() // batch_size) // settings.grad_accumulation
+        self.batches_per_epoch *= settings.grad_accumulation
+        if self.batches_per_epoch == 0:
+            need = batch_size * settings.grad_accumulation * self.world_size
+            raise UserInputError(
+                f"the training set has {len(train_dataset)} clips, fewer than one optimizer step needs "
+                f"(batch_size x grad_accumulation x processes = {need})"
+            )
+        self.steps_per_epoch = self.batches_per_epoch // settings.grad_accumulation
+        self.total_steps = self.steps_per_epoch * settings.epochs
+
+        self.optimizer = build_optimizer(
+            self.module, settings.lr, settings.image_encoder_lr, settings.weight_decay, settings.layer_decay
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer, self.total_steps, settings.warmup_steps, settings.final_lr_ratio
+        )
+        self.step = 0
+        self.epoch = 0
+        self.batches_done = 0  # batches of the current epoch already trained on
+        self.time_elapsed = 0.0
+        self.last_loss: dict[str, float] = {}
+        self.best_meter_values: dict[str, float] = {}
+        self.log: MetricsLog | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint payload (see `sam2_video.train.checkpoint`); collective under DDP."""
+        rng = [capture_rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, capture_rng_state())
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_done,
+            "steps": self.step,
+            "loss": dict(self.last_loss),
+            "time_elapsed": self.time_elapsed,
+            "best_meter_values": dict(self.best_meter_values),
+            "config": self.run_config,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.epoch = checkpoint["epoch"]
+        self.batches_done = checkpoint["batches_in_epoch"]
+        self.step = checkpoint["steps"]
+        self.last_loss = checkpoint["loss"]
+        self.time_elapsed = checkpoint["time_elapsed"]
+        self.best_meter_values = checkpoint["best_meter_values"]
+        rng = checkpoint["rng"]
+        restore_rng_state(rng[self.rank % len(rng)])
+
+    def _save(self, path: Path) -> None:
+        payload = self.state_dict()  # every rank joins the RNG gather
+        if self.is_main:
+            save_checkpoint(payload, path)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train for `settings.epochs` epochs (from `out_dir/last.pt` when `resume`)."""
+        if resume:
+            if not self.last_path.is_file():
+                raise UserInputError(f"{self.last_path}: no checkpoint to resume from (train without --resume first)")
+            self.load_state_dict(load_checkpoint(self.last_path))
+        else:
+            seed_everything(self.settings.seed + self.rank)
+        if self.is_main:
+            self.log = MetricsLog(self.out_dir, resume_from_step=self.step if resume else None)
+        progress = self._progress_bar()
+        history: list[dict[str, float]] = []
+        self.model.train()
+        try:
+            while self.epoch < self.settings.epochs:
+                history.extend(self._train_epoch(progress))
+                self.epoch += 1
+                self.batches_done = 0
+                every = self.settings.val_every_epochs
+                if self.validate is not None and every and self.epoch % every == 0:
+                    self._run_validation()
+                self._save(self.last_path)
+        finally:
+            if progress is not None:
+                progress.close()
+            if self.log is not None:
+                self.log.close()
+        if self.is_main:
+            plot_loss_curve(self.log.jsonl_path, self.out_dir / "loss_curve.png")
+        return TrainResult(
+            steps=self.step,
+            epochs=self.epoch,
+            last_loss=self.last_loss,
+            best_meter_values=self.best_meter_values,
+            seconds=self.time_elapsed,
+            out_dir=self.out_dir,
+            history=history,
+        )
+
+    def _progress_bar(self):
+        if not self.is_main:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _train_epoch(self, progress) -> list[dict[str, float]]:
+        settings = self.settings
+        accumulation = settings.grad_accumulation
+        self.sampler.set_epoch(self.epoch, start=self.batches_done * self.loader.batch_size)
+        history = []
+        step_terms: dict[str, float] = {}
+        step_start = time.perf_counter()
+        for batch_index, batch in enumerate(self.loader, start=self.batches_done):
+            if batch_index >= self.batches_per_epoch:
+                break
+            is_step_end = (batch_index + 1) % accumulation == 0
+            terms = self._forward_backward(batch, batch_index, sync_gradients=is_step_end)
+            for key, value in terms.items():
+                step_terms[key] = step_terms.get(key, 0.0) + value / accumulation
+            if not is_step_end:
+                continue
+            grad_norm = self._optimizer_step(batch, batch_index)
+            self.batches_done = batch_index + 1
+            seconds = time.perf_counter() - step_start
+            self.time_elapsed += seconds
+            self.last_loss = step_terms
+            record = {**step_terms, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "seconds": seconds}
+            history.append(record)
+            if self.log is not None and self.step % settings.log_every_steps == 0:
+                self.log.log("train", self.step, self.epoch, record)
+            if progress is not None:
+                progress.set_postfix(loss=f"{step_terms[CORE_LOSS_KEY]:.4f}", epoch=self.epoch)
+                progress.update(1)
+            if self.validate is not None and settings.val_every_steps and self.step % settings.val_every_steps == 0:
+                self._run_validation()
+            if settings.checkpoint_every_steps and self.step % settings.checkpoint_every_steps == 0:
+                self._save(self.last_path)
+            step_terms = {}
+            step_start = time.perf_counter()
+        return history
+
+    def _forward_backward(self, batch: Any, batch_index: int, sync_gradients: bool) -> dict[str, float]:
+        batch = batch.to(self.device, non_blocking=True) if hasattr(batch, "to") else batch
+        no_sync = self.model.no_sync() if self.world_size > 1 and not sync_gradients else contextlib.nullcontext()
+        with no_sync:
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
+                outputs = self.model(batch)
+            losses = self.loss_fn(outputs, batch)
+            core_loss = losses[CORE_LOSS_KEY]
+            self._check_finite(core_loss.detach(), "loss", batch, batch_index)
+            (core_loss / self.settings.grad_accumulation).backward()
+        return {key: float(value.detach()) for key, value in losses.items() if torch.is_tensor(value) and value.numel() == 1}
+
+    def _optimizer_step(self, batch: Any, batch_index: int) -> float:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        max_norm = self.settings.grad_clip if self.settings.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self._check_finite(grad_norm.detach(), "gradient norm", batch, batch_index)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return float(grad_norm)
+
+    def _check_finite(self, value: Tensor, what: str, batch: Any, batch_index: int) -> None:
+        """Stop every rank when any rank sees a NaN / inf; `last.pt` keeps the last good state."""
+        bad = torch.tensor(float(not torch.isfinite(value).all()), device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() == 0:
+            return
+        names = getattr(batch, "video_names", None)
+        kept = (
+            f"the last good checkpoint is {self.last_path}"
+            if self.last_path.is_file()
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"{what} is {value.float().flatten()[0].item()} at optimizer step {self.step + 1} "
+            f"(epoch {self.epoch}, batch {batch_index}) on videos {names if names is not None else '(unnamed)'}"
+            f" (on rank {self.rank} or another rank); training stopped and {kept}. Lower train.lr, check those "
+            "videos' masks, or resume with --resume."
+        )
+
+    def _run_validation(self) -> None:
+        """Validate on rank 0, log the metrics, update `best.pt`; other ranks wait."""
+        improved = False
+        if self.is_main:
+            self.module.eval()
+            with torch.no_grad():
+                metrics = {key: float(value) for key, value in self.validate(self.module).items()}
+            self.module.train()
+            if self.best_metric not in metrics:
+                raise KeyError(f"the validator returned {sorted(metrics)}, without the best metric {self.best_metric!r}")
+            if self.log is not None:
+                self.log.log("val", self.step, self.epoch, metrics)
+            value = metrics[self.best_metric]
+            improved = self.best_metric not in self.best_meter_values or value > self.best_meter_values[self.best_metric]
+            if improved:
+                self.best_meter_values = {self.best_metric: value, "step": float(self.step), "epoch": float(self.epoch)}
+        if self.world_size > 1:
+            shared = [self.best_meter_values, improved]
+            dist.broadcast_object_list(shared, src=0)
+            self.best_meter_values, improved = shared
+        if improved:
+            self._save(self.best_path)

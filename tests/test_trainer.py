@@ -1,0 +1,269 @@
+"""Trainer behaviour on a tiny stand-in tracker: exact resume, kill safety, NaN stop, best.pt, parameter groups."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from sam2_video.config import TrainSection
+from sam2_video.train.checkpoint import load_checkpoint
+from sam2_video.train.loss import CORE_LOSS_KEY, MultiStepMultiMaskLoss
+from sam2_video.train.metrics_log import read_metrics
+from sam2_video.train.optim import build_param_groups, warmup_cosine_factor
+from sam2_video.train.trainer import NonFiniteLossError, Trainer, seed_everything
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class ToyBatch:
+    """images [T,B,3,H,W], masks [T,B,H,W] (one object per clip), video_names B strings."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    video_names: list[str]
+
+    def to(self, device, non_blocking: bool = False) -> "ToyBatch":
+        return ToyBatch(self.images.to(device), self.masks.to(device), self.video_names)
+
+
+class ToyClips(Dataset):
+    """Random clips drawn from the global RNG (as augmentation would be): 3 frames of 16x16."""
+
+    def __init__(self, num_clips: int) -> None:
+        self.num_clips = num_clips
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, index: int) -> dict:
+        images = torch.rand(3, 3, 16, 16)
+        masks = images[:, 0] + 0.2 * torch.randn(3, 16, 16) > 0.5
+        return {"images": images, "masks": masks, "video_name": f"clip{index:02d}"}
+
+
+def collate_toy(items: list[dict]) -> ToyBatch:
+    return ToyBatch(
+        images=torch.stack([item["images"] for item in items], dim=1),
+        masks=torch.stack([item["masks"] for item in items], dim=1),
+        video_names=[item["video_name"] for item in items],
+    )
+
+
+class ToyTracker(nn.Module):
+    """Per-frame conv net with dropout, emitting the official training-output format (3 masks, 1 step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.dropout = nn.Dropout2d(0.2)
+        self.mask_head = nn.Conv2d(8, 3, 1)
+        self.iou_head = nn.Linear(8, 3)
+        self.score_head = nn.Linear(8, 1)
+
+    def forward(self, batch: ToyBatch) -> list[dict]:
+        outputs = []
+        for frame in batch.images:
+            features = self.dropout(self.image_encoder(frame))
+            pooled = features.mean((2, 3))
+            outputs.append(
+                {
+                    "multistep_pred_multimasks_high_res": [self.mask_head(features)],
+                    "multistep_pred_ious": [self.iou_head(pooled).sigmoid()],
+                    "multistep_object_score_logits": [self.score_head(pooled)],
+                }
+            )
+        return outputs
+
+
+def toy_loss():
+    loss = MultiStepMultiMaskLoss()
+    return lambda outputs, batch: loss(outputs, batch.masks)
+
+
+def toy_settings(out_dir: Path, **overrides) -> TrainSection:
+    base = TrainSection(
+        out_dir=str(out_dir), epochs=2, lr=3e-3, image_encoder_lr=1e-3, warmup_steps=2, device="cpu", seed=3
+    )
+    return replace(base, **overrides)
+
+
+def make_trainer(out_dir: Path, loss_fn=None, num_clips: int = 8, validate=None, **overrides) -> Trainer:
+    seed_everything(123)
+    return Trainer(
+        ToyTracker(),
+        loss_fn or toy_loss(),
+        ToyClips(num_clips),
+        toy_settings(out_dir, **overrides),
+        batch_size=1,
+        collate_fn=collate_toy,
+        validate=validate,
+        run_config={"note": "toy"},
+    )
+
+
+class CrashAtCall:
+    """Loss wrapper that raises on its n-th call, standing in for a crash mid-training."""
+
+    def __init__(self, loss_fn, crash_at: int) -> None:
+        self.loss_fn, self.crash_at, self.calls = loss_fn, crash_at, 0
+
+    def __call__(self, outputs, batch):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return self.loss_fn(outputs, batch)
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    # 8 clips, batch 1, accumulation 2 -> 4 steps per epoch, 8 steps; last.pt every 3 steps and per epoch
+    settings = dict(grad_accumulation=2, checkpoint_every_steps=3)
+    full = make_trainer(tmp_path / "full", **settings).fit()
+
+    crashing = make_trainer(tmp_path / "resumed", loss_fn=CrashAtCall(toy_loss(), crash_at=13), **settings)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit()  # dies during step 7: the last checkpoint is step 6, in the middle of epoch 1
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["steps"] == 6
+    resumed_trainer = make_trainer(tmp_path / "resumed", **settings)
+    resumed = resumed_trainer.fit(resume=True)
+
+    assert [r[CORE_LOSS_KEY] for r in resumed.history] == [r[CORE_LOSS_KEY] for r in full.history[6:]]
+    assert resumed.steps == full.steps == 8
+    full_state = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    for name, value in load_checkpoint(tmp_path / "resumed" / "last.pt")["model"].items():
+        assert torch.equal(value, full_state[name]), name
+    logged_steps = [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl", "train")]
+    assert logged_steps == list(range(1, 9))  # what the crashed run logged after step 6 was dropped
+    assert (tmp_path / "resumed" / "loss_curve.png").stat().st_size > 0
+
+
+def test_checkpoint_holds_the_documented_keys(tmp_path: Path) -> None:
+    make_trainer(tmp_path, num_clips=2, epochs=1).fit()
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    for key in ["model", "optimizer", "scheduler", "epoch", "batches_in_epoch", "steps", "loss", "time_elapsed",
+                "best_meter_values", "config", "rng"]:
+        assert key in checkpoint, key
+    assert checkpoint["epoch"] == 1 and checkpoint["steps"] == 2
+    assert checkpoint["config"] == {"note": "toy"}
+
+
+def test_nan_loss_stops_with_step_and_videos_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    loss = toy_loss()
+    calls = {"n": 0}
+
+    def loss_turning_nan(outputs, batch):
+        calls["n"] += 1
+        losses = loss(outputs, batch)
+        if calls["n"] == 3:
+            losses[CORE_LOSS_KEY] = losses[CORE_LOSS_KEY] * float("nan")
+        return losses
+
+    trainer = make_trainer(tmp_path, loss_fn=loss_turning_nan, checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert "nan at optimizer step 3" in message
+    assert "clip" in message and str(tmp_path / "last.pt") in message
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["steps"] == 2
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_best_checkpoint_follows_the_highest_jf(tmp_path: Path) -> None:
+    scores = iter([50.0, 70.0, 60.0])
+    trainer = make_trainer(tmp_path, num_clips=2, epochs=3, validate=lambda model: {"J&F": next(scores)})
+    result = trainer.fit()
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best_meter_values"]["J&F"] == 70.0 and best["steps"] == 4
+    assert result.best_meter_values["J&F"] == 70.0
+    assert [r["J&F"] for r in read_metrics(tmp_path / "metrics.jsonl", "val")] == [50.0, 70.0, 60.0]
+
+
+def test_parameter_groups_and_schedule() -> None:
+    model = nn.Module()
+    model.image_encoder = nn.Module()
+    model.image_encoder.trunk = nn.Module()
+    model.image_encoder.trunk.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+    model.image_encoder.trunk.pos_embed = nn.Parameter(torch.zeros(1, 4, 2, 2))
+    model.memory_encoder = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    model.frozen = nn.Linear(4, 4).requires_grad_(False)
+    groups = build_param_groups(model, lr=1e-4, image_encoder_lr=1e-5, weight_decay=0.1, layer_decay=0.5)
+    by_name = {name: g for g in groups for name in g["param_names"]}
+    assert "frozen.weight" not in by_name
+    assert by_name["memory_encoder.0.weight"]["lr"] == 1e-4 and by_name["memory_encoder.0.weight"]["weight_decay"] == 0.1
+    assert by_name["memory_encoder.0.bias"]["weight_decay"] == 0.0
+    assert by_name["memory_encoder.1.weight"]["weight_decay"] == 0.0  # LayerNorm
+    assert by_name["image_encoder.trunk.pos_embed"]["weight_decay"] == 0.0
+    # layer decay: last block at 0.5^1, first block at 0.5^3, embeddings at 0.5^4 of the image-encoder lr
+    assert by_name["image_encoder.trunk.blocks.2.weight"]["lr"] == pytest.approx(1e-5 * 0.5)
+    assert by_name["image_encoder.trunk.blocks.0.weight"]["lr"] == pytest.approx(1e-5 * 0.5**3)
+    assert by_name["image_encoder.trunk.pos_embed"]["lr"] == pytest.approx(1e-5 * 0.5**4)
+    factors = [warmup_cosine_factor(s, total_steps=12, warmup_steps=2, final_ratio=0.1) for s in range(13)]
+    assert factors[:2] == [0.5, 1.0] and factors[12] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
+
+
+KILL_SCRIPT = """
+import io, sys, time
+from pathlib import Path
+import torch
+from test_trainer import make_trainer
+
+out_dir, marker = Path(sys.argv[1]), Path(sys.argv[2])
+real_save = torch.save
+writes = []
+
+def save_slowly_after_the_first(obj, path):
+    writes.append(path)
+    if len(writes) == 1:
+        return real_save(obj, path)
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    data = buffer.getvalue()
+    with open(path, "wb") as handle:  # half the bytes, then the process is killed
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+    marker.write_text(str(path))
+    time.sleep(120)
+
+torch.save = save_slowly_after_the_first
+make_trainer(out_dir, checkpoint_every_steps=1).fit()
+"""
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous_last_pt(tmp_path: Path) -> None:
+    script = tmp_path / "train_then_get_killed.py"
+    script.write_text(textwrap.dedent(KILL_SCRIPT))
+    marker = tmp_path / "writing"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            if process.poll() is not None:
+                pytest.fail(f"training exited early:\n{process.stdout.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the second checkpoint write never started")
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    half_written = Path(marker.read_text())
+    assert half_written.exists() and half_written != tmp_path / "run" / "last.pt"
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["steps"] == 1
+    resumed = make_trainer(tmp_path / "run", checkpoint_every_steps=1).fit(resume=True)
+    assert resumed.steps == 16
