@@ -114,3 +114,87 @@ class BatchedVideoDatapoint:
             value = getattr(self, f.name)
             pinned[f.name] = value.pin_memory() if torch.is_tensor(value) else value
         return BatchedVideoDatapoint(**pinned)
+
+
+def collate_fn(clips: list[VideoClip]) -> BatchedVideoDatapoint:
+    """Pad and stack B clips into one batch (T = longest clip, O = all clips' objects, K = most points).
+
+    A clip shorter than T repeats its last frame (image and masks) with `frame_is_padding` set and no
+    prompts. Every clip's objects get their own columns in O; objects absent on a frame keep an empty
+    mask and no prompt. Missing points are padded with label -1 at (0, 0).
+    """
+    if not clips:
+        raise ValueError("collate_fn needs at least one clip")
+    image_shape = clips[0].images.shape[1:]
+    for clip in clips:
+        if clip.images.shape[1:] != image_shape:
+            raise ValueError(
+                f"clips of one batch need the same image size: {clips[0].video_name} has {tuple(image_shape)}, "
+                f"{clip.video_name} has {tuple(clip.images.shape[1:])}; resize clips to a square image_size"
+            )
+    num_frames = max(clip.images.shape[0] for clip in clips)
+    num_objects = sum(clip.masks.shape[1] for clip in clips)
+    height, width = image_shape[1:]
+    num_points = max(
+        (len(prompt.point_labels) for clip in clips for row in (clip.prompts or []) for prompt in row if prompt is not None),
+        default=0,
+    )
+
+    img_batch = torch.empty(num_frames, len(clips), *image_shape, dtype=clips[0].images.dtype)
+    obj_to_frame_idx = torch.zeros(num_frames, num_objects, 2, dtype=torch.int32)
+    masks = torch.zeros(num_frames, num_objects, height, width, dtype=torch.bool)
+    point_coords = torch.zeros(num_frames, num_objects, num_points, 2)
+    point_labels = torch.full((num_frames, num_objects, num_points), -1, dtype=torch.int32)
+    boxes = torch.zeros(num_frames, num_objects, 4)
+    box_valid = torch.zeros(num_frames, num_objects, dtype=torch.bool)
+    mask_prompts = torch.zeros(num_frames, num_objects, height, width, dtype=torch.bool)
+    mask_prompt_valid = torch.zeros(num_frames, num_objects, dtype=torch.bool)
+    object_ids = torch.zeros(num_objects, dtype=torch.int64)
+    frame_is_padding = torch.zeros(num_frames, len(clips), dtype=torch.bool)
+    frame_names: list[list[str]] = []
+
+    first_object = 0
+    for video_idx, clip in enumerate(clips):
+        clip_len, clip_objects = clip.images.shape[0], clip.masks.shape[1]
+        source_frame = [min(t, clip_len - 1) for t in range(num_frames)]
+        objects = slice(first_object, first_object + clip_objects)
+        img_batch[:, video_idx] = clip.images[source_frame]
+        masks[:, objects] = clip.masks[source_frame]
+        object_ids[objects] = clip.object_ids
+        obj_to_frame_idx[:, objects, 0] = torch.arange(num_frames, dtype=torch.int32)[:, None]
+        obj_to_frame_idx[:, objects, 1] = video_idx
+        frame_is_padding[:, video_idx] = torch.arange(num_frames) >= clip_len
+        if clip.is_padding is not None:
+            frame_is_padding[:clip_len, video_idx] |= clip.is_padding.bool()
+        frame_names.append([clip.frame_names[t] for t in source_frame])
+        for t, row in enumerate(clip.prompts or []):
+            for n, prompt in enumerate(row):
+                if prompt is None:
+                    continue
+                o = first_object + n
+                k = len(prompt.point_labels)
+                point_coords[t, o, :k] = prompt.point_coords
+                point_labels[t, o, :k] = prompt.point_labels.to(torch.int32)
+                if prompt.box is not None:
+                    boxes[t, o] = prompt.box
+                    box_valid[t, o] = True
+                if prompt.mask is not None:
+                    mask_prompts[t, o] = prompt.mask
+                    mask_prompt_valid[t, o] = True
+        first_object += clip_objects
+
+    return BatchedVideoDatapoint(
+        img_batch=img_batch,
+        obj_to_frame_idx=obj_to_frame_idx,
+        masks=masks,
+        point_coords=point_coords,
+        point_labels=point_labels,
+        boxes=boxes,
+        box_valid=box_valid,
+        mask_prompts=mask_prompts,
+        mask_prompt_valid=mask_prompt_valid,
+        object_ids=object_ids,
+        frame_is_padding=frame_is_padding,
+        video_names=[clip.video_name for clip in clips],
+        frame_names=frame_names,
+    )

@@ -1,0 +1,279 @@
+"""Clip augmentation that keeps masks and prompts aligned with the images.
+
+Order: horizontal flip -> resize to a square `image_size` -> affine (rotation, shear, scale) ->
+colour jitter -> grayscale -> ImageNet normalisation. Each random op is drawn once per clip, or once
+per frame where its `*_per_frame` option is set. Written with torch (`affine_grid`/`grid_sample`,
+nearest sampling for masks) because kornia and albumentations are not dependencies of this project
+(albumentations would also pull OpenCV); the geometry is a few lines and is tested against the masks.
+
+Points are pixel indices (x, y) as in `sam2_video.data.prompts`. After the geometric ops a positive
+click that no longer lies on its object (or a negative one that lands on it or leaves the frame) is
+dropped and a fresh click of the same label is sampled from the transformed mask; boxes are the
+bounds of their transformed corners, clipped to the frame and grown to contain the transformed mask.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sam2_video.data.batch import ObjectPrompt
+from sam2_video.data.prompts import POSITIVE, PromptGenerator, clip_box, mask_to_box, points_in_frame, points_inside
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Prompts = list[list[ObjectPrompt | None]]
+
+
+def _uniform(low: float, high: float, count: int, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
+
+
+class ClipTransform:
+    """Augment one clip: images [T,H,W,3] uint8 (numpy), masks [T,N,H,W] bool, per-frame per-object prompts.
+
+    The defaults only resize and normalise (evaluation); `ClipTransform.sam2_training(size)` gives the
+    augmentation SAM2 trains with. Returns images [T,3,S,S] float (normalised), masks [T,N,S,S] bool.
+    An affine draw that empties an object visible on the first frame is redrawn (`affine_tries`), and
+    dropped if every draw does.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        hflip_prob: float = 0.0,
+        affine_prob: float = 0.0,
+        rotation_degrees: float = 0.0,
+        shear_degrees: float = 0.0,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        affine_per_frame: bool = False,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        color_per_frame: bool = False,
+        grayscale_prob: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        affine_tries: int = 3,
+    ):
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.image_size = image_size
+        self.hflip_prob = hflip_prob
+        self.affine_prob = affine_prob
+        self.rotation_degrees = rotation_degrees
+        self.shear_degrees = shear_degrees
+        self.scale_range = scale_range
+        self.affine_per_frame = affine_per_frame
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+        self.hue = hue
+        self.color_per_frame = color_per_frame
+        self.grayscale_prob = grayscale_prob
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.affine_tries = affine_tries
+
+    @classmethod
+    def sam2_training(cls, image_size: int) -> "ClipTransform":
+        """SAM2.1's video training augmentation (flip, affine 25 deg / shear 20, light jitter, 5% gray)."""
+        return cls(
+            image_size,
+            hflip_prob=0.5,
+            affine_prob=1.0,
+            rotation_degrees=25.0,
+            shear_degrees=20.0,
+            brightness=0.1,
+            contrast=0.03,
+            saturation=0.03,
+            grayscale_prob=0.05,
+        )
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        prompts: Prompts,
+        generator: torch.Generator,
+        prompt_generator: PromptGenerator,
+    ) -> tuple[torch.Tensor, torch.Tensor, Prompts]:
+        """Transform a clip; `prompt_generator` re-samples clicks that the geometry invalidated."""
+        num_frames, height, width, _ = images.shape
+        size = self.image_size
+        # point/box maps as 3x3 matrices on homogeneous pixel coordinates, one per frame
+        geometry = _resize_matrix(height, width, size).repeat(num_frames, 1, 1)
+        images = _resize_images(images, size)
+        masks = F.interpolate(masks.to(torch.uint8), size=(size, size), mode="nearest-exact").bool()
+
+        # resizing and flipping commute, so the flip runs on the smaller resized clip
+        if self.hflip_prob > 0 and torch.rand((), generator=generator) < self.hflip_prob:
+            images, masks = images.flip(-1), masks.flip(-1)
+            geometry = _hflip_matrix(size) @ geometry
+
+        if self.affine_prob > 0 and torch.rand((), generator=generator) < self.affine_prob:
+            images, masks, affine = self._random_affine(images, masks, generator)
+            geometry = affine @ geometry
+
+        images = self._color(images / 255.0, generator)
+        images = (images - self.mean) / self.std
+        return images, masks, _move_prompts(prompts, geometry, masks, generator, prompt_generator)
+
+    def _random_affine(
+        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_frames, size = images.shape[0], images.shape[-1]
+        draws = num_frames if self.affine_per_frame else 1
+        visible_first = masks[0].flatten(1).any(-1)
+        for _ in range(self.affine_tries):
+            angle = _uniform(-self.rotation_degrees, self.rotation_degrees, draws, generator)
+            shear = _uniform(-self.shear_degrees, self.shear_degrees, draws, generator)
+            scale = _uniform(*self.scale_range, draws, generator)
+            forward = _affine_matrix(angle, shear, scale, size).expand(num_frames, 3, 3)
+            # grid_sample needs output -> input in normalised coordinates: conjugate the pixel map
+            to_normalised = torch.tensor([[2 / size, 0, 1 / size - 1], [0, 2 / size, 1 / size - 1], [0, 0, 1]], dtype=torch.float64)
+            theta = (to_normalised @ torch.linalg.inv(forward) @ torch.linalg.inv(to_normalised))[:, :2].float()
+            grid = F.affine_grid(theta, [num_frames, 1, size, size], align_corners=False)
+            moved_masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).bool()
+            if (moved_masks[0].flatten(1).any(-1) | ~visible_first).all():
+                moved_images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                return moved_images, moved_masks, forward
+        return images, masks, torch.eye(3, dtype=torch.float64).expand(num_frames, 3, 3)
+
+    def _color(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """images [T,3,S,S] in [0,1] -> jittered / grayscale, still in [0,1]."""
+        num_frames = images.shape[0]
+        draws = num_frames if self.color_per_frame else 1
+
+        def factors(amount: float) -> torch.Tensor:
+            return _uniform(max(0.0, 1 - amount), 1 + amount, draws, generator).float().expand(num_frames).view(-1, 1, 1, 1)
+
+        if self.brightness > 0:
+            images = (images * factors(self.brightness)).clamp(0, 1)
+        if self.contrast > 0:
+            mean_gray = _gray(images).mean(dim=(-2, -1), keepdim=True)
+            images = ((images - mean_gray) * factors(self.contrast) + mean_gray).clamp(0, 1)
+        if self.saturation > 0:
+            gray = _gray(images)
+            images = ((images - gray) * factors(self.saturation) + gray).clamp(0, 1)
+        if self.hue > 0:
+            shift = _uniform(-self.hue, self.hue, draws, generator).float().expand(num_frames)
+            images = _rotate_hue(images, shift).clamp(0, 1)
+        if self.grayscale_prob > 0:
+            to_gray = (torch.rand(draws, generator=generator) < self.grayscale_prob).expand(num_frames)
+            images = torch.where(to_gray.view(-1, 1, 1, 1), _gray(images).expand_as(images), images)
+        return images
+
+
+def _resize_images(images: np.ndarray, size: int) -> torch.Tensor:
+    """[T,H,W,3] uint8 -> [T,3,S,S] float in 0..255, antialiased bilinear (PIL, fast on uint8)."""
+    resized = np.stack([np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR)) for frame in images])
+    return torch.from_numpy(resized).permute(0, 3, 1, 2).float()
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    """[T,1,H,W] ITU-R 601 luma of [T,3,H,W] RGB."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the chroma of [T,3,H,W] RGB by shift[T] turns in YIQ space (luma kept)."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    angle = shift * 2 * math.pi
+    cos, sin, one, zero = angle.cos(), angle.sin(), torch.ones_like(angle), torch.zeros_like(angle)
+    rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], -1).view(-1, 3, 3)
+    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+    return torch.einsum("tij,tjhw->tihw", matrix, images)
+
+
+def _hflip_matrix(width: int) -> torch.Tensor:
+    return torch.tensor([[-1, 0, width - 1], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+
+
+def _resize_matrix(height: int, width: int, size: int) -> torch.Tensor:
+    """Pixel centres of an H x W frame to those of the S x S resize: x' = (x + 0.5) * S / W - 0.5."""
+    sx, sy = size / width, size / height
+    return torch.tensor([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=torch.float64)
+
+
+def _affine_matrix(angle: torch.Tensor, shear: torch.Tensor, scale: torch.Tensor, size: int) -> torch.Tensor:
+    """[D,3,3] pixel maps: rotate by angle (deg), shear x by shear (deg), scale, about the image centre."""
+    rad, shear_rad = angle * math.pi / 180, shear * math.pi / 180
+    cos, sin = rad.cos(), rad.sin()
+    linear = torch.stack([cos, -sin, sin, cos], -1).view(-1, 2, 2)
+    shear_x = torch.zeros(len(angle), 2, 2, dtype=torch.float64)
+    shear_x[:, 0, 0] = 1
+    shear_x[:, 0, 1] = shear_rad.tan()
+    shear_x[:, 1, 1] = 1
+    linear = linear @ shear_x * scale.view(-1, 1, 1)
+    centre = torch.full((2,), (size - 1) / 2, dtype=torch.float64)
+    matrix = torch.eye(3, dtype=torch.float64).repeat(len(angle), 1, 1)
+    matrix[:, :2, :2] = linear
+    matrix[:, :2, 2] = centre - linear @ centre
+    return matrix
+
+
+def _apply(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """[K,2] points mapped by a 3x3 matrix."""
+    moved = points.double() @ matrix[:2, :2].T + matrix[:2, 2]
+    return moved.float()
+
+
+def _move_prompts(
+    prompts: Prompts,
+    geometry: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    prompt_generator: PromptGenerator,
+) -> Prompts:
+    """Map every prompt of frame t by geometry[t] and repair it against masks[t]."""
+    size = masks.shape[-1]
+    moved: Prompts = []
+    for t, row in enumerate(prompts):
+        moved_row: list[ObjectPrompt | None] = []
+        for n, prompt in enumerate(row):
+            mask = masks[t, n]
+            if prompt is None or not mask.any():
+                moved_row.append(None)
+                continue
+            moved_row.append(_repair(prompt, geometry[t], mask, size, generator, prompt_generator))
+        moved.append(moved_row)
+    return moved
+
+
+def _repair(
+    prompt: ObjectPrompt,
+    matrix: torch.Tensor,
+    mask: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    prompt_generator: PromptGenerator,
+) -> ObjectPrompt:
+    coords, labels = _apply(matrix, prompt.point_coords), prompt.point_labels
+    inside = points_inside(mask, coords)
+    valid = torch.where(labels == POSITIVE, inside, points_in_frame(coords, size, size) & ~inside)
+    valid |= (labels > POSITIVE) & points_in_frame(coords, size, size)  # box-corner labels 2/3: only stay in frame
+    kept_coords, kept_labels = [coords[valid]], [labels[valid]]
+    for label in labels[~valid].tolist():
+        fresh = prompt_generator.resample_point(mask, label, generator)
+        kept_coords.append(fresh)
+        kept_labels.append(torch.full((len(fresh),), label, dtype=labels.dtype))
+    box = None
+    if prompt.box is not None:
+        corners = prompt.box[[0, 1, 2, 1, 2, 3, 0, 3]].view(4, 2)
+        moved = _apply(matrix, corners)
+        box = torch.cat([moved.min(0).values, moved.max(0).values])
+        tight = mask_to_box(mask)
+        box = clip_box(torch.cat([torch.minimum(box[:2], tight[:2]), torch.maximum(box[2:], tight[2:])]), size, size)
+    return ObjectPrompt(
+        point_coords=torch.cat(kept_coords),
+        point_labels=torch.cat(kept_labels),
+        box=box,
+        mask=mask.clone() if prompt.mask is not None else None,
+    )
