@@ -153,7 +153,7 @@ class Hiera(nn.Module):
             torch.zeros(1, cfg.embed_dim, cfg.window_spec[0], cfg.window_spec[0])
         )
 
-        drop_rates = [x.item() for x in torch.linspace(0, cfg.drop_path_rate, depth)]
+        drop_rates = torch.linspace(0, cfg.drop_path_rate, depth, device="cpu").tolist()
         embed_dim, num_heads, stage = cfg.embed_dim, cfg.num_heads, 0
         self.blocks = nn.ModuleList()
         for i in range(depth):
