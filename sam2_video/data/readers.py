@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import os
 from typing import Iterable
 
 import numpy as np
@@ -79,3 +80,11 @@ def split_ids(ids: np.ndarray) -> dict[int, np.ndarray]:
     """{object id: [H,W] bool} for every non-zero id of an id map."""
     present = np.nonzero(np.bincount(ids.ravel()))[0]
     return {int(i): ids == i for i in present if i != 0}
+
+
+def read_video_list(path: str | os.PathLike) -> list[str]:
+    """Video names from a text file, one per line (blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: video list not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

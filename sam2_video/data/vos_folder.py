@@ -21,18 +21,10 @@ import torch
 from sam2_video.data.batch import ObjectPrompt
 from sam2_video.data.clip_dataset import ClipDataset, Objects
 from sam2_video.data.prompts import PromptGenerator
-from sam2_video.data.readers import image_size, list_frames, read_frame, read_id_map, split_ids
+from sam2_video.data.readers import image_size, list_frames, read_frame, read_id_map, read_video_list, split_ids
 from sam2_video.data.sampling import ClipSampler
 from sam2_video.data.transforms import ClipTransform
 from sam2_video.errors import UserInputError
-
-
-def read_video_list(path: str | os.PathLike) -> list[str]:
-    """Video names from a text file, one per line (blank lines ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: video list not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_prompt_file(path: Path) -> dict[tuple[str, int], ObjectPrompt]:
