@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -133,12 +133,3 @@ def write_overlay_video(
                 raise ValueError("no frames to write to the overlay video")
             for packet in stream.encode():
                 container.mux(packet)
-
-
-def read_video_frames_rgb(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
-    """Read image files as RGB uint8 arrays `[H, W, 3]`."""
-    frames = []
-    for frame_path in paths:
-        with Image.open(frame_path) as image:
-            frames.append(np.array(image.convert("RGB")))
-    return frames
