@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
@@ -53,7 +52,7 @@ def load_checkpoint(model: SAM2, path: str | os.PathLike) -> None:
         raise UserInputError(f"{path}: checkpoint file not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # the unpickler raises many types on a file that is not a checkpoint
         raise UserInputError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         found = sorted(checkpoint)[:MAX_KEYS_IN_ERROR] if isinstance(checkpoint, dict) else type(checkpoint).__name__
