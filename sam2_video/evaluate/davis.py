@@ -178,16 +178,18 @@ class DavisResult:
         return {name: float(value) for name, value in zip(SUMMARY_COLUMNS, values)}
 
     def rows(self) -> list[dict[str, str | int | float]]:
-        """Table rows: one per object, one per sequence (object "all"), one for the dataset ("ALL")."""
+        """Table rows: one per object, one per sequence (object "all"), one for the dataset (sequence "ALL").
+
+        `frames` is the number of scored frames (for the dataset row: summed over objects).
+        """
         rows: list[dict[str, str | int | float]] = []
         for seq in self.sequences:
             for obj in seq.objects:
-                (jm, jr, jd), (fm, fr, fd) = obj.j, obj.f
-                rows.append(_row("object", seq.sequence, obj.obj_id, len(obj.frames), (obj.jf_mean, jm, jr, jd, fm, fr, fd)))
+                rows.append(_row("object", seq.sequence, obj.obj_id, len(obj.frames), (obj.jf_mean, *obj.j, *obj.f)))
             stats = np.array([obj.j + obj.f for obj in seq.objects]).mean(axis=0)
             rows.append(_row("sequence", seq.sequence, "all", len(seq.objects[0].frames), (seq.jf_mean, *stats)))
-        summary = self.summary()
-        rows.append(_row("dataset", "ALL", "all", sum(len(o.frames) for o in self.objects), tuple(summary.values())))
+        frames = sum(len(obj.frames) for obj in self.objects)
+        rows.append(_row("dataset", "ALL", "all", frames, tuple(self.summary().values())))
         return rows
 
     def format_table(self) -> str:
@@ -226,8 +228,10 @@ def _sequence_folders(root: Path, what: str) -> dict[str, Path]:
     """Sequence name -> folder of PNGs: the sub-folders of `root`, or `root` itself when it holds PNGs."""
     if not root.is_dir():
         raise UserInputError(f"{what} folder not found: {root}")
-    if (root / "Annotations").is_dir():
-        root = root / "Annotations"
+    for davis_layout in (root / "Annotations" / "480p", root / "Annotations"):
+        if davis_layout.is_dir():
+            root = davis_layout
+            break
     if any(root.glob("*.png")):
         return {root.name: root}
     folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("*.png"))}
@@ -284,7 +288,7 @@ def evaluate_davis(
 ) -> DavisResult:
     """Score predicted masks against ground truth with the DAVIS 2017 semi-supervised protocol.
 
-    `gt_dir`: `<sequence>/<frame>.png` (or a DAVIS root with `Annotations/`, or one sequence folder);
+    `gt_dir`: `<sequence>/<frame>.png` (or a DAVIS root with `Annotations/[480p/]`, or one sequence folder);
     `pred_dir`: the same layout with the same frame names. `sequences`: names to score (default: all
     sequences of `gt_dir`). Every scored ground-truth frame needs a prediction of the same size.
     """

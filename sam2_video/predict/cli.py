@@ -33,13 +33,18 @@ DEFAULT_FPS = 24.0
 
 
 class VideoPredictor(Protocol):
-    """The subset of the official `SAM2VideoPredictor` API that prediction uses."""
+    """The subset of the official `SAM2VideoPredictor` API that prediction uses (STCN: masks only)."""
 
     def init_state(self, video_path: str) -> dict: ...
 
     def reset_state(self, inference_state: dict) -> None: ...
 
     def add_new_mask(self, inference_state: dict, frame_idx: int, obj_id: int, mask: Any) -> tuple: ...
+
+    def add_new_points_or_box(
+        self, inference_state: dict, frame_idx: int, obj_id: int, points: Any = None, labels: Any = None,
+        clear_old_points: bool = True, box: Any = None,
+    ) -> tuple: ...
 
     def propagate_in_video(
         self, inference_state: dict, start_frame_idx: int | None = None
