@@ -217,6 +217,12 @@ def test_bad_click_prompts(tmp_path: Path, fake_predictor: FakePredictor, prompt
     assert not (tmp_path / "out").exists()
 
 
+def test_stcn_refuses_clicks(tmp_path: Path):
+    with pytest.raises(UserInputError, match="masks only"):
+        run_predict(["--video", str(tmp_path), "--out", str(tmp_path / "out"), "--model", "stcn",
+                     "--prompts", str(tmp_path / "clicks.json")])
+
+
 def test_mask_or_annotation_of_another_size_is_refused(tmp_path: Path, fake_predictor: FakePredictor):
     video = write_frames(tmp_path / "frames", 3)
     wrong = np.zeros((HEIGHT + 2, WIDTH), dtype=np.uint8)

@@ -381,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
     video_path: Path = args.video
     if args.overlay is not None and args.overlay.suffix.lower() != ".mp4":
         raise UserInputError(f"--overlay {args.overlay}: the overlay video must be an .mp4 file")
+    if args.model == "stcn" and args.prompts is not None:
+        raise UserInputError("--model stcn is prompted by masks only: use --mask or --annotations, not --prompts")
     if args.mask is not None:
         prompts: list[Prompt] = mask_prompts_from_png(args.mask)
     elif args.prompts is not None:
