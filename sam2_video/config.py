@@ -26,7 +26,12 @@ PROMPT_TYPES = ("point", "bbox", "mask")
 
 @dataclass
 class ModelSection:
-    """What to fine-tune. `config_path` is a preset name (e.g. `sam2.1_hiera_t`) or an official config file."""
+    """What to fine-tune.
+
+    sam2: `config_path` is a preset name (e.g. `sam2.1_hiera_t`) or an official config file,
+    `checkpoint_path` official weights (None: random init). The `*_for_train` prompt-simulation
+    settings left at None keep the official SAM2 recipe's values. stcn: the `stcn_*` sizes.
+    """
 
     model: str = "sam2"
     checkpoint_path: str | None = None
@@ -34,26 +39,31 @@ class ModelSection:
     trainable_modules: list[str] = field(default_factory=lambda: ["memory_attention", "memory_encoder"])
     image_size: int = 512
     num_maskmem: int = 7
-    cache_image_features: bool = False  # reuse frozen image-encoder features across epochs
-    # the SAM2 training recipe (official defaults)
-    prob_to_use_pt_input: float = 0.5
-    prob_to_use_box_input: float = 0.5
-    num_init_cond_frames: int = 1
-    num_correction_pt_per_frame: int = 7
-    num_frames_to_correct: int = 2
+    feature_cache_frames: int = 0  # frozen image encoder + no augmentation: keep this many frames' features
+    prob_to_use_pt_input_for_train: float | None = None
+    prob_to_use_box_input_for_train: float | None = None
+    num_init_cond_frames_for_train: int | None = None
+    num_frames_to_correct_for_train: int | None = None
+    num_correction_pt_per_frame: int | None = None
+    prob_to_sample_from_gt_for_train: float | None = None
+    stcn_key_backbone: int = 50
+    stcn_value_dim: int = 512
+    stcn_decoder_dim: int = 512
 
 
 @dataclass
 class DataSection:
     """Where the clips come from and how they are sampled (seed 002's `dataset:` block).
 
-    `data_path` is a folder (video, vos, synthetic) or a JSON file (coco, sav); `image_size` is
-    an int or [height, width]; `explicit_prompts` uses the dataset's own prompts as they are.
+    `data_path` is a folder (video, vos) or a JSON file (coco, sav); synthetic data is generated in
+    memory (`synthetic_videos` videos of `synthetic_frames` frames). `image_size` is an int or
+    [height, width] and must match the model (None: the model's); `explicit_prompts` uses the
+    dataset's own prompts as they are (seed 003: BCSS-style label maps with prompt files).
     """
 
     dataset_type: str = "vos"
     data_path: str | None = None
-    image_size: list[int] = field(default_factory=lambda: [512, 512])
+    image_size: list[int] | None = None
     video_clip_length: int = 8
     max_num_objects: int = 3
     batch_size: int = 1
@@ -65,9 +75,11 @@ class DataSection:
     include_center_point: bool = False
     explicit_prompts: bool = False
     augment: bool = True
-    val_data_path: str | None = None
-    val_dataset_type: str | None = None  # default: same as dataset_type
-    val_max_videos: int | None = None
+    prompts_dir: str | None = None  # vos: folder of <video>.json explicit prompts
+    ignore_ids: list[int] = field(default_factory=list)  # vos: label values that are not objects
+    val_data_path: str | None = None  # DAVIS-layout folder of held-out videos for J&F validation
+    synthetic_videos: int = 64
+    synthetic_frames: int = 16
 
 
 @dataclass
@@ -265,16 +277,22 @@ def _check_values(config: RunConfig, source: str) -> None:
     _check_choice(source, "model.model", config.model.model, MODEL_KINDS)
     data = config.dataset
     _check_choice(source, "dataset.dataset_type", data.dataset_type, DATASET_TYPES)
-    if data.val_dataset_type is not None:
-        _check_choice(source, "dataset.val_dataset_type", data.val_dataset_type, DATASET_TYPES)
     for prompt_type in data.prompt_types:
         _check_choice(source, "dataset.prompt_types", prompt_type, PROMPT_TYPES)
-    if len(data.image_size) != 2 or min(data.image_size) <= 0:
-        raise UserInputError(f"{source}: 'dataset.image_size' must be a positive int or [height, width], got {data.image_size}")
+    if data.image_size is not None:
+        if len(data.image_size) != 2 or min(data.image_size) <= 0:
+            raise UserInputError(f"{source}: 'dataset.image_size' must be a positive int or [height, width], got {data.image_size}")
+        if data.image_size != [config.model.image_size] * 2:
+            raise UserInputError(
+                f"{source}: 'dataset.image_size' {data.image_size} differs from 'model.image_size' "
+                f"{config.model.image_size}; clips are resized to the model's square input size"
+            )
     for key, value in [
         ("dataset.video_clip_length", data.video_clip_length),
         ("dataset.batch_size", data.batch_size),
         ("dataset.max_num_objects", data.max_num_objects),
+        ("dataset.synthetic_videos", data.synthetic_videos),
+        ("dataset.synthetic_frames", data.synthetic_frames),
         ("model.image_size", config.model.image_size),
         ("model.num_maskmem", config.model.num_maskmem),
         ("train.grad_accumulation", config.train.grad_accumulation),
@@ -302,9 +320,9 @@ def _check_values(config: RunConfig, source: str) -> None:
             raise UserInputError(f"{source}: 'dataset.data_path' is required for dataset_type {data.dataset_type!r}")
         if not Path(data.data_path).exists():
             raise UserInputError(f"{source}: 'dataset.data_path' {data.data_path} does not exist")
-    if data.val_data_path is not None and (data.val_dataset_type or data.dataset_type) != "synthetic":
-        if not Path(data.val_data_path).exists():
-            raise UserInputError(f"{source}: 'dataset.val_data_path' {data.val_data_path} does not exist")
+    for key, value in [("dataset.val_data_path", data.val_data_path), ("dataset.prompts_dir", data.prompts_dir)]:
+        if value is not None and not Path(value).is_dir():
+            raise UserInputError(f"{source}: '{key}' {value} is not a folder")
     checkpoint = config.model.checkpoint_path
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserInputError(f"{source}: 'model.checkpoint_path' {checkpoint} is not a file")

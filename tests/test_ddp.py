@@ -49,4 +49,4 @@ def test_two_gloo_processes_keep_identical_parameters(tmp_path: Path) -> None:
     assert not torch.equal(initial, rank0["params"][0])  # it trained
     # only rank 0 wrote logs and checkpoints: one record per optimizer step, not one per rank
     assert [r["step"] for r in read_metrics(out_dir / "metrics.jsonl", "train")] == [1, 2, 3]
-    assert torch.load(out_dir / "last.pt", weights_only=False)["steps"] == 3
+    assert torch.load(out_dir / "last.pt")["steps"] == 3

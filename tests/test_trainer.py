@@ -267,3 +267,30 @@ def test_sigkill_during_checkpoint_write_keeps_previous_last_pt(tmp_path: Path) 
     assert checkpoint["steps"] == 1
     resumed = make_trainer(tmp_path / "run", checkpoint_every_steps=1).fit(resume=True)
     assert resumed.steps == 16
+
+
+def test_export_writes_official_weights_that_both_builders_load(tmp_path: Path) -> None:
+    from conftest import require_reference
+    from sam2_video.model.build import build_sam2 as our_build_sam2
+    from sam2_video.model.presets import sam2_config
+    from sam2_video.model.sam2 import SAM2
+    from sam2_video.train.checkpoint import save_checkpoint
+    from sam2_video.train.export_cli import export_weights
+
+    require_reference()
+    from sam2.build_sam import build_sam2 as official_build_sam2
+
+    model = SAM2(sam2_config("sam2.1_hiera_t", image_size=512))
+    run_config = {"model": {"model": "sam2", "config_path": "sam2.1_hiera_t", "image_size": 512, "num_maskmem": 7}}
+    save_checkpoint({"model": model.state_dict(), "optimizer": {}, "steps": 3, "config": run_config}, tmp_path / "last.pt")
+
+    exported = export_weights(tmp_path / "last.pt", tmp_path / "weights.pt")
+    assert list(torch.load(exported, weights_only=True)) == ["model"]
+    ours = our_build_sam2("sam2.1_hiera_t", exported, image_size=512)
+    official = official_build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(exported), device="cpu")
+    official_state = official.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(official_state[name], value), name
+        assert torch.equal(ours.state_dict()[name], value), name
+    with pytest.raises(Exception, match="already exists"):
+        export_weights(tmp_path / "last.pt", exported)

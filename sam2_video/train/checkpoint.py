@@ -5,7 +5,9 @@ A training checkpoint (`last.pt`, `best.pt`) is a dict with keys
 `batches_in_epoch` (batches of the current epoch consumed), `steps` (optimizer steps),
 `loss` (last logged loss terms), `time_elapsed` (training seconds), `best_meter_values`
 (e.g. {"J&F": 71.3, "step": 400}), `config` (the resolved `RunConfig.to_dict()`), `rng`
-(torch / CUDA / numpy / python RNG states) and `format` ("sam2_video.train/1").
+(per rank: torch / CUDA / numpy / python RNG states) and `format` ("sam2_video.train/1").
+Everything is tensors and plain Python values, so the file loads with `torch.load(weights_only=True)`
+and its `model` entry is the official SAM2 format.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise UserInputError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
@@ -49,14 +51,23 @@ def capture_rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_to_tensors(np.random.get_state()),
         "python": random.getstate(),
     }
+
+
+def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
+    """numpy's MT19937 state as tensors and numbers, so checkpoints load with `weights_only=True`."""
+    _, keys, position, has_gauss, cached_gaussian = state
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])

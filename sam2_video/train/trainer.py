@@ -69,6 +69,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def optimizer_steps_per_epoch(num_clips: int, batch_size: int, grad_accumulation: int, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch: each rank's share of the clips in whole accumulated batches."""
+    return (math.ceil(num_clips / world_size) // batch_size) // grad_accumulation
+
+
 class ResumableSampler(Sampler[tuple[int, int]]):
     """Yields (dataset index, item seed) for this rank: an epoch-seeded order, sharded over ranks,
     optionally starting part-way into the epoch (after `start` items of this rank's share)."""
@@ -196,15 +201,16 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # keeps the loader from drawing on the global RNG
         )
-        self.batches_per_epoch = (self.sampler.items_per_rank() // batch_size) // settings.grad_accumulation
-        self.batches_per_epoch *= settings.grad_accumulation
-        if self.batches_per_epoch == 0:
+        self.steps_per_epoch = optimizer_steps_per_epoch(
+            len(train_dataset), batch_size, settings.grad_accumulation, self.world_size
+        )
+        if self.steps_per_epoch == 0:
             need = batch_size * settings.grad_accumulation * self.world_size
             raise UserInputError(
                 f"the training set has {len(train_dataset)} clips, fewer than one optimizer step needs "
                 f"(batch_size x grad_accumulation x processes = {need})"
             )
-        self.steps_per_epoch = self.batches_per_epoch // settings.grad_accumulation
+        self.batches_per_epoch = self.steps_per_epoch * settings.grad_accumulation
         self.total_steps = self.steps_per_epoch * settings.epochs
 
         self.optimizer = build_optimizer(
@@ -277,6 +283,11 @@ class Trainer:
                 raise UserInputError(f"{self.last_path}: no checkpoint to resume from (train without --resume first)")
             self.load_state_dict(load_checkpoint(self.last_path))
         else:
+            if self.last_path.exists():
+                raise UserInputError(
+                    f"{self.last_path} exists from an earlier run; continue it with --resume, "
+                    "or choose another train.out_dir"
+                )
             seed_everything(self.settings.seed + self.rank)
         if self.is_main:
             self.log = MetricsLog(self.out_dir, resume_from_step=self.step if resume else None)

@@ -1,0 +1,215 @@
+"""`sam2-video train --config FILE.yaml [section.key=value ...] [--resume]`.
+
+Builds the clip dataset, the model (SAM2 with the official training forward, or STCN), its loss and
+the J&F validator from the run config, then runs the `Trainer`. Under `torchrun` every process
+runs this; the process group is set up here (NCCL on GPUs, gloo on CPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import Dataset
+
+from sam2_video.config import DataSection, ModelSection, RunConfig, load_config
+from sam2_video.data import (
+    ClipTransform,
+    PromptGenerator,
+    SAM2ClipSampler,
+    STCNClipSampler,
+    SyntheticVideoDataset,
+    VOSFolderDataset,
+    collate_fn,
+)
+from sam2_video.errors import UserInputError
+from sam2_video.io import atomic_path
+from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
+from sam2_video.train.trainer import (
+    LossFn,
+    NonFiniteLossError,
+    Trainer,
+    TrainResult,
+    Validator,
+    distributed_rank_and_size,
+    optimizer_steps_per_epoch,
+    seed_everything,
+)
+
+# ModelSection fields handed to SAM2Model as training-recipe options when set
+SAM2_RECIPE_FIELDS = (
+    "prob_to_use_pt_input_for_train",
+    "prob_to_use_box_input_for_train",
+    "num_init_cond_frames_for_train",
+    "num_frames_to_correct_for_train",
+    "num_correction_pt_per_frame",
+    "prob_to_sample_from_gt_for_train",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config YAML (sections model:, dataset:, train:)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override config values, e.g. train.lr=1e-5 dataset.batch_size=2")
+    parser.add_argument("--resume", action="store_true", help="continue from train.out_dir/last.pt exactly")
+
+
+def build_train_dataset(config: RunConfig) -> Dataset:
+    """The training clips of `config.dataset`, sampled and augmented for `config.model`'s recipe."""
+    data, model = config.dataset, config.model
+    if model.model == "sam2":
+        clip_sampler = SAM2ClipSampler(num_frames=data.video_clip_length, max_num_objects=data.max_num_objects)
+    else:
+        clip_sampler = STCNClipSampler(num_frames=data.video_clip_length, max_num_objects=data.max_num_objects)
+    common: dict[str, Any] = dict(
+        clip_sampler=clip_sampler,
+        transform=ClipTransform.sam2_training(model.image_size) if data.augment else ClipTransform(model.image_size),
+        prompt_generator=PromptGenerator(
+            prompt_types=data.prompt_types,
+            num_of_pos_points=data.num_of_pos_points,
+            include_center=data.include_center_point,
+            num_of_neg_points=data.num_of_neg_points,
+        ),
+    )
+    if data.dataset_type == "synthetic":
+        return SyntheticVideoDataset(
+            data.synthetic_videos, num_frames=data.synthetic_frames, image_size=model.image_size,
+            seed=config.train.seed, **common,
+        )
+    if data.dataset_type == "vos":
+        return VOSFolderDataset(data.data_path, prompts_dir=data.prompts_dir, ignore_ids=data.ignore_ids, **common)
+    raise UserInputError(
+        f"dataset.dataset_type {data.dataset_type!r} is not available yet in this version; use vos or synthetic"
+    )
+
+
+def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -> nn.Module:
+    """SAM2Model (official training forward, selective training) or STCN, on the CPU."""
+    if model_section.model == "stcn":
+        from sam2_video.model.stcn import STCN, STCNConfig
+
+        return STCN(STCNConfig(
+            image_size=model_section.image_size,
+            key_backbone=model_section.stcn_key_backbone,
+            value_dim=model_section.stcn_value_dim,
+            decoder_dim=model_section.stcn_decoder_dim,
+            max_objects=max(data.max_num_objects, 1),
+        ))
+    from sam2_video.model.sam2_train import SAM2Model
+
+    recipe = {name: getattr(model_section, name) for name in SAM2_RECIPE_FIELDS if getattr(model_section, name) is not None}
+    return SAM2Model(
+        checkpoint_path=model_section.checkpoint_path,
+        config_path=model_section.config_path,
+        trainable_modules=model_section.trainable_modules,
+        device="cpu",
+        image_size=model_section.image_size,
+        num_maskmem=model_section.num_maskmem,
+        feature_cache_frames=model_section.feature_cache_frames,
+        explicit_prompts=data.explicit_prompts,
+        verbose=verbose,
+        **recipe,
+    )
+
+
+def build_loss(config: RunConfig, total_steps: int) -> LossFn:
+    """`loss(outputs, batch)` for the model kind: the SAM2 multi-step loss or STCN's bootstrapped CE."""
+    if config.model.model == "stcn":
+        from sam2_video.train.stcn_loss import STCNLoss
+
+        return STCNLoss.for_total_steps(total_steps)
+    train = config.train
+    loss = MultiStepMultiMaskLoss(
+        LossWeights(train.loss_mask_weight, train.loss_dice_weight, train.loss_iou_weight, train.loss_class_weight),
+        focal_alpha=train.focal_alpha,
+        focal_gamma=train.focal_gamma,
+        supervise_all_iou=train.supervise_all_iou,
+        iou_use_l1_loss=train.iou_use_l1_loss,
+    )
+    return lambda outputs, batch: loss(outputs, batch.masks)
+
+
+def build_validator(config: RunConfig) -> Validator | None:
+    """J&F on `dataset.val_data_path` (DAVIS layout) with the video predictor; None without held-out data."""
+    val_root = config.dataset.val_data_path
+    if val_root is None:
+        return None
+    if config.model.model == "stcn":
+        from sam2_video.train.validate import validate_stcn
+
+        return lambda model: validate_stcn(model, val_root)
+    from sam2_video.train.validate import validate_sam2
+
+    image_size = config.model.image_size
+    return lambda model: validate_sam2(model, val_root, image_size)
+
+
+def _init_distributed() -> bool:
+    """Join the `torchrun` process group when WORLD_SIZE > 1; returns whether this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def train(config: RunConfig, resume: bool = False, validate: Validator | None = None) -> TrainResult:
+    """Fine-tune as `config` says (the Python entry point behind `sam2-video train`).
+
+    `validate` replaces the validator built from `dataset.val_data_path`.
+    """
+    rank, world_size = distributed_rank_and_size()
+    seed_everything(config.train.seed)  # identical initial weights on every rank
+    dataset = build_train_dataset(config)
+    model = build_model(config.model, config.dataset, verbose=rank == 0)
+    steps = config.train.epochs * optimizer_steps_per_epoch(
+        len(dataset), config.dataset.batch_size, config.train.grad_accumulation, world_size
+    )
+    trainer = Trainer(
+        model,
+        build_loss(config, steps),
+        dataset,
+        config.train,
+        batch_size=config.dataset.batch_size,
+        num_workers=config.dataset.num_workers,
+        shuffle=config.dataset.shuffle,
+        collate_fn=collate_fn,
+        validate=validate if validate is not None else build_validator(config),
+        run_config=config.to_dict(),
+    )
+    if rank == 0:
+        with atomic_path(Path(config.train.out_dir) / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return trainer.fit(resume=resume)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    created_group = _init_distributed()
+    rank = distributed_rank_and_size()[0]
+    try:
+        result = train(config, resume=args.resume)
+    except NonFiniteLossError as err:
+        print(f"sam2-video train: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+    if rank == 0:
+        best = result.best_meter_values
+        best_text = f", best J&F {best['J&F']:.2f} at step {int(best['step'])}" if "J&F" in best else ""
+        print(
+            f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f} s, "
+            f"final loss {result.last_loss.get('core_loss', float('nan')):.4f}{best_text}; "
+            f"checkpoints and logs in {result.out_dir}"
+        )
+    return 0

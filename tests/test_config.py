@@ -1,0 +1,112 @@
+"""Run config: seed 002's blocks load as written; bad keys, values and paths give one actionable error."""
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sam2_video.config import RunConfig, load_config
+from sam2_video.errors import UserInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SEED_002_VIDEO = """
+dataset:
+  dataset_type: "video"
+  data_path: "{data}"
+  image_size: [512, 512]
+  video_clip_length: 5
+  batch_size: 1
+  num_workers: 16
+  shuffle: True
+  prompt_types: ["point"]
+  num_of_pos_points: 1
+  include_center_point: True
+model:
+  checkpoint_path: "{checkpoint}"
+  config_path: "configs/sam2.1_hiera_t.yaml"
+  trainable_modules: ["memory_attention", "memory_encoder"]
+  image_size: 512
+  num_maskmem: 7
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_seed_002_blocks_load_as_written(tmp_path: Path) -> None:
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "sam2.pt").write_bytes(b"")
+    path = write(tmp_path, SEED_002_VIDEO.format(data=tmp_path / "videos", checkpoint=tmp_path / "sam2.pt"))
+    config = load_config(path)
+    assert config.dataset.dataset_type == "video" and config.dataset.image_size == [512, 512]
+    assert config.dataset.include_center_point is True and config.dataset.num_workers == 16
+    assert config.model.trainable_modules == ["memory_attention", "memory_encoder"]
+    assert config.model.num_maskmem == 7 and config.train.grad_clip == 0.1
+
+
+def test_overrides_are_typed_and_the_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = load_config(None, ["dataset.dataset_type=synthetic", "train.lr=1e-5", "model.image_size=256",
+                                "dataset.image_size=256", "model.trainable_modules=[sam_mask_decoder]"])
+    assert config.train.lr == 1e-5 and isinstance(config.train.lr, float)
+    assert config.dataset.image_size == [256, 256]
+    assert config.model.trainable_modules == ["sam_mask_decoder"]
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(yaml.safe_dump(config.to_dict()))
+    assert load_config(saved) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset.batchsize=2"], "unknown key 'dataset.batchsize'; did you mean 'dataset.batch_size'"),
+        (["train.learning_rate=1e-4"], "unknown key 'train.learning_rate'"),
+        (["modle.image_size=256"], "did you mean 'model'"),
+        (["train.epochs=ten"], "'train.epochs' must be int, got 'ten'"),
+        (["dataset.dataset_type=davis"], "expected one of video, coco, vos, sav, synthetic"),
+        (["dataset.dataset_type=vos", "dataset.data_path=/no/such/folder"], "'dataset.data_path' /no/such/folder does not exist"),
+        (["model.image_size=256", "dataset.image_size=[512,512]"], "differs from 'model.image_size' 256"),
+    ],
+)
+def test_bad_config_names_the_problem(overrides: list[str], expected: str) -> None:
+    with pytest.raises(UserInputError) as err:
+        load_config(None, ["dataset.dataset_type=synthetic", *overrides])
+    assert expected in str(err.value)
+
+
+def test_unknown_key_in_file_names_the_file_and_closest_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  grad_clipping: 1.0\ndataset:\n  dataset_type: synthetic\n")
+    with pytest.raises(UserInputError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "did you mean 'train.grad_clip'" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "davis.yaml", "coco.yaml", "bcss_explicit_prompts.yaml"])
+def test_shipped_configs_have_only_valid_keys(name: str) -> None:
+    raw = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
+    valid = RunConfig().to_dict()
+    for section, values in raw.items():
+        assert section in valid, section
+        assert set(values) <= set(valid[section]), set(values) - set(valid[section])
+
+
+def test_demo_config_loads() -> None:
+    config = load_config(REPO_ROOT / "configs" / "demo.yaml")
+    assert config.model.config_path == "sam2.1_tiny_test" and config.dataset.dataset_type == "synthetic"
+
+
+def test_cli_reports_a_trainable_module_that_matches_nothing(capsys) -> None:
+    from sam2_video.train import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "dataset.synthetic_videos=2",
+                              "model.trainable_modules=[memory_attenton]"])
+    with pytest.raises(UserInputError) as err:
+        cli.run(args)
+    assert "'memory_attenton' matches no module" in str(err.value) and "memory_attention" in str(err.value)
