@@ -135,6 +135,20 @@ def test_loss_drops_empty_slots_and_backpropagates():
     assert loss.step == 1
 
 
+def test_training_under_bfloat16_autocast_stays_finite():
+    """The trainer uses bf16 autocast on GPUs; affinity and aggregation must stay in float32
+    (in bf16, 1 - 1e-7 rounds to 1 and the aggregated log-odds become infinite)."""
+    torch.manual_seed(0)
+    train_model = STCN(TINY).train()
+    generator = torch.Generator().manual_seed(2)
+    batch = _batch(_blob_masks(3, 2, generator), [0, 0], torch.randn(3, 1, 3, SIZE, SIZE, generator=generator))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = STCNLoss(start_warm=0, end_warm=0)(train_model(batch), batch)
+    assert torch.isfinite(terms["core_loss"])
+    terms["core_loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in train_model.parameters())
+
+
 def test_bootstrapped_ce_schedule_and_top_pixels():
     criterion = BootstrappedCE(start_warm=10, end_warm=30, top_p=0.25)
     assert [criterion.kept_fraction(s) for s in (0, 9, 10, 20, 30, 99)] == [1.0, 1.0, 1.0, 0.625, 0.25, 0.25]

@@ -75,15 +75,17 @@ class STCNOutputs:
 def get_affinity(mk: torch.Tensor, qk: torch.Tensor) -> torch.Tensor:
     """Softmax over memory of the negative squared L2 distance between keys, divided by sqrt(Ck).
 
-    mk [B, Ck, T, h, w] memory keys, qk [B, Ck, h, w] query key -> [B, T*h*w, h*w]; each column
-    (query pixel) sums to 1. The query's own |q|^2 term is constant over memory and dropped.
+    mk [B, Ck, T, h, w] memory keys, qk [B, Ck, h, w] query key -> [B, T*h*w, h*w] float32; each
+    column (query pixel) sums to 1. The query's own |q|^2 term is constant over memory and dropped.
+    Computed in float32 also under autocast.
     """
     ck = mk.shape[1]
-    mk = mk.flatten(2)
-    qk = qk.flatten(2)
-    mk_sq = mk.pow(2).sum(1).unsqueeze(2)
-    affinity = (2 * mk.transpose(1, 2) @ qk - mk_sq) / math.sqrt(ck)
-    return torch.softmax(affinity, dim=1)
+    with torch.autocast(mk.device.type, enabled=False):
+        mk = mk.flatten(2).float()
+        qk = qk.flatten(2).float()
+        mk_sq = mk.pow(2).sum(1).unsqueeze(2)
+        affinity = (2 * mk.transpose(1, 2) @ qk - mk_sq) / math.sqrt(ck)
+        return torch.softmax(affinity, dim=1)
 
 
 def readout(affinity: torch.Tensor, mv: torch.Tensor, qv: torch.Tensor) -> torch.Tensor:
@@ -99,12 +101,15 @@ def readout(affinity: torch.Tensor, mv: torch.Tensor, qv: torch.Tensor) -> torch
 def aggregate(prob: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Soft aggregation of independent object probabilities [..., K, ...] (objects along `dim`).
 
-    Returns logits [..., K+1, ...] with the background first: softmax over `dim` gives
-    probabilities that sum to 1, and the logit ratio of each object to the background is kept.
+    Returns float32 logits [..., K+1, ...] with the background first (log-odds of the background,
+    the product of the objects' 1 - p, and of each object); softmax over `dim` gives label
+    probabilities that sum to 1.
     """
-    background = torch.prod(1 - prob, dim=dim, keepdim=True)
-    new_prob = torch.cat([background, prob], dim=dim).clamp(AGGREGATION_EPS, 1 - AGGREGATION_EPS)
-    return torch.log(new_prob / (1 - new_prob))
+    with torch.autocast(prob.device.type, enabled=False):
+        prob = prob.float()
+        background = torch.prod(1 - prob, dim=dim, keepdim=True)
+        new_prob = torch.cat([background, prob], dim=dim).clamp(AGGREGATION_EPS, 1 - AGGREGATION_EPS)
+        return torch.log(new_prob / (1 - new_prob))
 
 
 class ResBlock(nn.Module):
@@ -217,7 +222,7 @@ class Decoder(nn.Module):
 
 class STCN(nn.Module):
     """The STCN model. `forward(batch)` is the training pass; the predictor uses the pieces
-    `encode_key`, `encode_value` and `segment`."""
+    `encode_key`, `encode_value` and `decode_objects`."""
 
     def __init__(self, config: STCNConfig) -> None:
         super().__init__()
