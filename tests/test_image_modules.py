@@ -252,3 +252,22 @@ def test_attention_with_downsampling_and_kv_width_matches_official():
 def test_attention_rejects_heads_not_dividing_width():
     with pytest.raises(ValueError, match="num_heads=3 must divide"):
         Attention(64, 3)
+
+
+def test_mask_decoder_without_high_res_features_matches_official_plain_upscaling():
+    require_reference()
+    from sam2.modeling.sam.mask_decoder import MaskDecoder as RefMaskDecoder
+    from sam2.modeling.sam.transformer import TwoWayTransformer
+
+    cfg = sam2_config("sam2.1_tiny_test", image_size=128)
+    d = cfg.d_model
+    prompt, ours, _, _ = _heads(cfg)
+    ref = RefMaskDecoder(
+        num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=d, mlp_dim=8 * d, num_heads=8),
+        transformer_dim=d, iou_head_hidden_dim=d, use_high_res_features=False, iou_prediction_use_sigmoid=True,
+        pred_obj_scores=True, pred_obj_scores_mlp=True, use_multimask_token_for_obj_ptr=True,
+    ).eval()
+    ref.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("conv_s")}, strict=True)
+    image, pe, sparse, dense, _ = _decoder_inputs(cfg, prompt)
+    with torch.no_grad():
+        _assert_same_outputs(ours(image, pe, sparse, dense, True, True), ref(image, pe, sparse, dense, True, True))
