@@ -1,10 +1,12 @@
 """Clip augmentation that keeps masks and prompts aligned with the images.
 
-Order: horizontal flip -> resize to a square `image_size` -> affine (rotation, shear, scale) ->
-colour jitter -> grayscale -> ImageNet normalisation. Each random op is drawn once per clip, or once
-per frame where its `*_per_frame` option is set. Written with torch (`affine_grid`/`grid_sample`,
-nearest sampling for masks) because kornia and albumentations are not dependencies of this project
-(albumentations would also pull OpenCV); the geometry is a few lines and is tested against the masks.
+Order: resize to a square `image_size` (antialiased) -> horizontal flip -> affine (rotation, shear,
+scale) -> colour jitter (brightness, contrast, saturation, hue) -> grayscale -> ImageNet
+normalisation. Each random op is drawn once per clip, or once per frame where its `*_per_frame`
+option is set. The pixel work runs in PIL on uint8 frames (bilinear for images, nearest for masks),
+several times faster than float `grid_sample` on CPU workers; kornia and albumentations are not
+dependencies of this project (albumentations would also pull OpenCV), and the geometry is one 3x3
+matrix per frame, tested against the masks.
 
 Points are pixel indices (x, y) as in `sam2_video.data.prompts`. After the geometric ops a positive
 click that no longer lies on its object (or a negative one that lands on it or leaves the frame) is
@@ -19,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from sam2_video.data.batch import ObjectPrompt
 from sam2_video.data.prompts import POSITIVE, PromptGenerator, clip_box, mask_to_box, points_in_frame, points_inside
@@ -97,7 +99,7 @@ class ClipTransform:
 
     def __call__(
         self,
-        images: torch.Tensor,
+        images: np.ndarray,
         masks: torch.Tensor,
         prompts: Prompts,
         generator: torch.Generator,
@@ -108,88 +110,98 @@ class ClipTransform:
         size = self.image_size
         # point/box maps as 3x3 matrices on homogeneous pixel coordinates, one per frame
         geometry = _resize_matrix(height, width, size).repeat(num_frames, 1, 1)
-        images = _resize_images(images, size)
+        frames = [Image.fromarray(frame).resize((size, size), Image.BILINEAR) for frame in images]
         masks = F.interpolate(masks.to(torch.uint8), size=(size, size), mode="nearest-exact").bool()
 
         # resizing and flipping commute, so the flip runs on the smaller resized clip
         if self.hflip_prob > 0 and torch.rand((), generator=generator) < self.hflip_prob:
-            images, masks = images.flip(-1), masks.flip(-1)
+            frames = [frame.transpose(Image.FLIP_LEFT_RIGHT) for frame in frames]
+            masks = masks.flip(-1)
             geometry = _hflip_matrix(size) @ geometry
 
         if self.affine_prob > 0 and torch.rand((), generator=generator) < self.affine_prob:
-            images, masks, affine = self._random_affine(images, masks, generator)
+            affine = self._draw_affine(masks, generator)
+            frames = [_warp(frame, matrix, Image.BILINEAR) for frame, matrix in zip(frames, affine)]
+            masks = _warp_masks(masks, affine)
             geometry = affine @ geometry
 
-        images = self._color(images / 255.0, generator)
-        images = (images - self.mean) / self.std
-        return images, masks, _move_prompts(prompts, geometry, masks, generator, prompt_generator)
+        frames = self._color(frames, generator)
+        pixels = torch.from_numpy(np.stack([np.asarray(frame) for frame in frames])).permute(0, 3, 1, 2).float()
+        images_out = pixels.mul_(1 / (255 * self.std)).sub_(self.mean / self.std)
+        return images_out, masks, _move_prompts(prompts, geometry, masks, generator, prompt_generator)
 
-    def _random_affine(
-        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        num_frames, size = images.shape[0], images.shape[-1]
+    def _draw_affine(self, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[T,3,3] pixel maps; identity when every draw empties an object visible on the first frame."""
+        num_frames, size = masks.shape[0], masks.shape[-1]
         draws = num_frames if self.affine_per_frame else 1
         visible_first = masks[0].flatten(1).any(-1)
         for _ in range(self.affine_tries):
             angle = _uniform(-self.rotation_degrees, self.rotation_degrees, draws, generator)
             shear = _uniform(-self.shear_degrees, self.shear_degrees, draws, generator)
             scale = _uniform(*self.scale_range, draws, generator)
-            forward = _affine_matrix(angle, shear, scale, size).expand(num_frames, 3, 3)
-            # grid_sample needs output -> input in normalised coordinates: conjugate the pixel map
-            to_normalised = torch.tensor([[2 / size, 0, 1 / size - 1], [0, 2 / size, 1 / size - 1], [0, 0, 1]], dtype=torch.float64)
-            theta = (to_normalised @ torch.linalg.inv(forward) @ torch.linalg.inv(to_normalised))[:, :2].float()
-            grid = F.affine_grid(theta, [num_frames, 1, size, size], align_corners=False)
-            moved_masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).bool()
-            if (moved_masks[0].flatten(1).any(-1) | ~visible_first).all():
-                moved_images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                return moved_images, moved_masks, forward
-        return images, masks, torch.eye(3, dtype=torch.float64).expand(num_frames, 3, 3)
+            affine = _affine_matrix(angle, shear, scale, size).expand(num_frames, 3, 3)
+            first = _warp_masks(masks[:1], affine[:1])
+            if (first[0].flatten(1).any(-1) | ~visible_first).all():
+                return affine
+        return torch.eye(3, dtype=torch.float64).expand(num_frames, 3, 3)
 
-    def _color(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """images [T,3,S,S] in [0,1] -> jittered / grayscale, still in [0,1]."""
-        num_frames = images.shape[0]
+    def _color(self, frames: list[Image.Image], generator: torch.Generator) -> list[Image.Image]:
+        """Brightness, contrast, saturation, hue jitter, then grayscale, on uint8 PIL frames."""
+        num_frames = len(frames)
         draws = num_frames if self.color_per_frame else 1
 
-        def factors(amount: float) -> torch.Tensor:
-            return _uniform(max(0.0, 1 - amount), 1 + amount, draws, generator).float().expand(num_frames).view(-1, 1, 1, 1)
+        def per_frame(values: torch.Tensor) -> list[float]:
+            return values.expand(num_frames).tolist()
 
-        if self.brightness > 0:
-            images = (images * factors(self.brightness)).clamp(0, 1)
-        if self.contrast > 0:
-            mean_gray = _gray(images).mean(dim=(-2, -1), keepdim=True)
-            images = ((images - mean_gray) * factors(self.contrast) + mean_gray).clamp(0, 1)
-        if self.saturation > 0:
-            gray = _gray(images)
-            images = ((images - gray) * factors(self.saturation) + gray).clamp(0, 1)
+        def factors(amount: float) -> list[float]:
+            return per_frame(_uniform(max(0.0, 1 - amount), 1 + amount, draws, generator))
+
+        for amount, enhancer in ((self.brightness, ImageEnhance.Brightness), (self.contrast, ImageEnhance.Contrast), (self.saturation, ImageEnhance.Color)):
+            if amount > 0:
+                frames = [enhancer(frame).enhance(f) for frame, f in zip(frames, factors(amount))]
         if self.hue > 0:
-            shift = _uniform(-self.hue, self.hue, draws, generator).float().expand(num_frames)
-            images = _rotate_hue(images, shift).clamp(0, 1)
+            shifts = per_frame(_uniform(-self.hue, self.hue, draws, generator))
+            frames = [_shift_hue(frame, shift) for frame, shift in zip(frames, shifts)]
         if self.grayscale_prob > 0:
-            to_gray = (torch.rand(draws, generator=generator) < self.grayscale_prob).expand(num_frames)
-            images = torch.where(to_gray.view(-1, 1, 1, 1), _gray(images).expand_as(images), images)
-        return images
+            to_gray = per_frame(torch.rand(draws, generator=generator) < self.grayscale_prob)
+            frames = [frame.convert("L").convert("RGB") if gray else frame for frame, gray in zip(frames, to_gray)]
+        return frames
 
 
-def _resize_images(images: np.ndarray, size: int) -> torch.Tensor:
-    """[T,H,W,3] uint8 -> [T,3,S,S] float in 0..255, antialiased bilinear (PIL, fast on uint8)."""
-    resized = np.stack([np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR)) for frame in images])
-    return torch.from_numpy(resized).permute(0, 3, 1, 2).float()
+def _shift_hue(frame: Image.Image, shift: float) -> Image.Image:
+    """Rotate the hue of an RGB frame by `shift` turns (HSV, 8-bit hue)."""
+    hsv = np.array(frame.convert("HSV"))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(shift * 256)) % 256
+    return Image.fromarray(hsv, mode="HSV").convert("RGB")
 
 
-def _gray(images: torch.Tensor) -> torch.Tensor:
-    """[T,1,H,W] ITU-R 601 luma of [T,3,H,W] RGB."""
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
+def _pil_affine(matrix: torch.Tensor) -> tuple[float, ...]:
+    """PIL's AFFINE data (output -> input, in continuous coordinates where pixel i spans [i, i+1))
+    for a forward map on pixel-centre indices."""
+    half = torch.tensor([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=torch.float64)
+    inverse = half @ torch.linalg.inv(matrix) @ torch.linalg.inv(half)
+    return tuple(inverse[:2].flatten().tolist())
 
 
-def _rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the chroma of [T,3,H,W] RGB by shift[T] turns in YIQ space (luma kept)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    angle = shift * 2 * math.pi
-    cos, sin, one, zero = angle.cos(), angle.sin(), torch.ones_like(angle), torch.zeros_like(angle)
-    rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], -1).view(-1, 3, 3)
-    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
-    return torch.einsum("tij,tjhw->tihw", matrix, images)
+def _warp(image: Image.Image, matrix: torch.Tensor, resample: int) -> Image.Image:
+    return image.transform(image.size, Image.AFFINE, _pil_affine(matrix), resample=resample, fillcolor=0)
+
+
+def _warp_masks(masks: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """[T,N,S,S] bool warped by affine[t] with nearest sampling (outside the frame = empty).
+
+    Up to 8 objects travel as the bits of one uint8 image, so a frame needs one warp per 8 objects.
+    """
+    num_frames, num_objects = masks.shape[:2]
+    warped = torch.zeros_like(masks)
+    bits = (1 << torch.arange(8, dtype=torch.uint8)).view(8, 1, 1)
+    for first in range(0, num_objects, 8):
+        group = masks[:, first : first + 8]
+        packed = (group.to(torch.uint8) * bits[: group.shape[1]]).sum(1, dtype=torch.uint8)
+        for t in range(num_frames):
+            moved = np.asarray(_warp(Image.fromarray(packed[t].numpy()), affine[t], Image.NEAREST))
+            warped[t, first : first + 8] = (torch.from_numpy(moved.copy()) & bits[: group.shape[1]]) > 0
+    return warped
 
 
 def _hflip_matrix(width: int) -> torch.Tensor:
@@ -260,7 +272,7 @@ def _repair(
     valid = torch.where(labels == POSITIVE, inside, points_in_frame(coords, size, size) & ~inside)
     valid |= (labels > POSITIVE) & points_in_frame(coords, size, size)  # box-corner labels 2/3: only stay in frame
     kept_coords, kept_labels = [coords[valid]], [labels[valid]]
-    for label in labels[~valid].tolist():
+    for label in labels[~valid & (labels <= POSITIVE)].tolist():
         fresh = prompt_generator.resample_point(mask, label, generator)
         kept_coords.append(fresh)
         kept_labels.append(torch.full((len(fresh),), label, dtype=labels.dtype))
@@ -271,6 +283,7 @@ def _repair(
         box = torch.cat([moved.min(0).values, moved.max(0).values])
         tight = mask_to_box(mask)
         box = clip_box(torch.cat([torch.minimum(box[:2], tight[:2]), torch.maximum(box[2:], tight[2:])]), size, size)
+    # a mask prompt stands for the object's mask, so it becomes the transformed ground truth
     return ObjectPrompt(
         point_coords=torch.cat(kept_coords),
         point_labels=torch.cat(kept_labels),
