@@ -372,6 +372,10 @@ class Trainer:
             losses = self.loss_fn(outputs, batch)
             core_loss = losses[CORE_LOSS_KEY]
             self._check_finite(core_loss.detach(), "loss", batch, batch_index)
+            if not core_loss.requires_grad:
+                # e.g. every frame of a short clip was a conditioning frame, so the trainable memory
+                # modules took no part: a zero-gradient step keeps DDP ranks in lockstep
+                core_loss = core_loss + sum(p.sum() * 0.0 for p in self.module.parameters() if p.requires_grad)
             (core_loss / self.settings.grad_accumulation).backward()
         return {key: float(value.detach()) for key, value in losses.items() if torch.is_tensor(value) and value.numel() == 1}
 
