@@ -124,7 +124,7 @@ augmentations = st.builds(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(masks(), augmentations, st.integers(1, 3), st.integers(0, 2**31))
 def test_explicit_prompts_follow_the_augmented_masks(mask, transform, num_frames, seed):
     """Prompts given on the original frames: after augmentation positives lie on the transformed object,

@@ -8,6 +8,7 @@ from PIL import Image
 
 from sam2_video.data import ClipTransform, SAM2ClipSampler, SyntheticVideoDataset, VideoDataset, VOSFolderDataset, render_video, synthesize
 from sam2_video.data.synthetic import davis_palette
+from sam2_video.errors import UserInputError
 
 
 def test_synthesize_writes_the_davis_layout_read_back_exactly(tmp_path, shared_data):
@@ -25,7 +26,7 @@ def test_synthesize_writes_the_davis_layout_read_back_exactly(tmp_path, shared_d
     dataset = VOSFolderDataset(out, transform=ClipTransform(32))
     objects = dataset.read_objects(1, 3)
     assert sorted(objects) == sorted(set(np.unique(ids[3])) - {0})
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserInputError, match=r"synthetic_0000 already exists"):
         synthesize(out, num_videos=1)
 
 

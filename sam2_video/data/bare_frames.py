@@ -85,7 +85,7 @@ class VideoDataset(ClipDataset):
         count = int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))
         images, ids = composite(background, random_tracks(rng, count, num_frames, height, width))
         visible = [int(i) for i in np.unique(ids[0]) if i != 0]
-        limit = getattr(self.clip_sampler, "max_num_objects", len(visible))
+        limit = self.clip_sampler.max_num_objects
         object_ids = visible if len(visible) <= limit else sorted(int(i) for i in rng.choice(visible, limit, replace=False))
         masks = torch.from_numpy(np.stack([ids == object_id for object_id in object_ids], axis=1))
         return images, masks.reshape(num_frames, len(object_ids), height, width), object_ids

@@ -29,6 +29,7 @@ class ClipSelection:
 
 class ClipSampler(Protocol):
     num_frames: int
+    max_num_objects: int
 
     def sample(
         self, video: str, annotated: Sequence[int], visible_objects: VisibleObjects, rng: np.random.Generator

@@ -22,6 +22,7 @@ from sam2_video.data.prompts import PromptGenerator
 from sam2_video.data.readers import split_ids
 from sam2_video.data.sampling import ClipSampler
 from sam2_video.data.transforms import ClipTransform
+from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
 
 SHAPES = ("ellipse", "rectangle", "triangle", "star")
@@ -235,7 +236,7 @@ def synthesize(
         name = f"synthetic_{index:04d}"
         image_dir, mask_dir = out_dir / "JPEGImages" / name, out_dir / "Annotations" / name
         if image_dir.exists() or mask_dir.exists():
-            raise FileExistsError(f"{image_dir} already exists; synthesize writes only into new video folders")
+            raise UserInputError(f"{image_dir} already exists; synthesize writes only new video folders, choose another out_dir")
         frames, ids = render_video(np.random.SeedSequence([seed, index]), num_frames, image_size, num_objects)
         for t in range(num_frames):
             with atomic_path(image_dir / f"{t:05d}.jpg") as tmp:
