@@ -205,12 +205,15 @@ def test_point_labels_must_match_points(tiny_predictor: SAM2ImagePredictor) -> N
 
 def test_output_shapes_and_thresholding(tiny_predictor: SAM2ImagePredictor) -> None:
     """Official output convention: float 0/1 masks at the image size (logits > 0), low-res logits at S/4."""
-    tiny_predictor.set_image(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    tiny_predictor.set_image(image)
     prompt = dict(point_coords=np.array([[10, 10]]), point_labels=np.array([1]))
     masks, iou, low = tiny_predictor.predict(**prompt)
     logits, _, _ = tiny_predictor.predict(**prompt, return_logits=True)
     size = tiny_predictor.model.image_size // 4
     assert masks.shape == (3, 40, 60) and iou.shape == (3,) and low.shape == (3, size, size)
     np.testing.assert_array_equal(masks, (logits > 0).astype(np.float32))
+    tiny_predictor.set_image(Image.fromarray(image))  # a PIL image gives the same embedding
+    np.testing.assert_array_equal(tiny_predictor.predict(**prompt)[0], masks)
     single, _, _ = tiny_predictor.predict(**prompt, box=np.array([5, 5, 30, 30]), multimask_output=False)
     assert single.shape == (1, 40, 60)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from sam2_video.errors import UserInputError
 from sam2_video.model.sam2 import SAM2
@@ -49,8 +50,10 @@ class SAM2ImagePredictor:
         self._orig_hw = None
 
     @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute the embedding of an RGB uint8 image [H, W, 3]."""
+    def set_image(self, image: np.ndarray | Image.Image) -> None:
+        """Compute the embedding of an RGB uint8 image [H, W, 3] (or a PIL image, as the official predictor)."""
+        if isinstance(image, Image.Image):
+            image = np.array(image.convert("RGB"))
         if not isinstance(image, np.ndarray):
             raise UserInputError(f"set_image expects a NumPy RGB uint8 array [H, W, 3], got {type(image).__name__}")
         model = self.model
