@@ -6,7 +6,7 @@ A training checkpoint (`last.pt`, `best.pt`) is a dict with keys
 `loss` (last logged loss terms), `time_elapsed` (training seconds), `best_meter_values`
 (e.g. {"J&F": 71.3, "step": 400}), `config` (the resolved `RunConfig.to_dict()`), `rng`
 (per rank: torch / CUDA / numpy / python RNG states) and `format` ("sam2_video.train/1").
-Everything is tensors and plain Python values, so the file loads with `torch.load(weights_only=True)`
+There is no loss-scaler state: autocast runs in bf16, which needs no loss scaling. Everything is tensors and plain Python values, so the file loads with `torch.load(weights_only=True)`
 and its `model` entry is the official SAM2 format.
 """
 from __future__ import annotations

@@ -344,6 +344,7 @@ class Trainer:
             if not is_step_end:
                 continue
             grad_norm = self._optimizer_step(batch, batch_index)
+            step_terms = self._mean_over_ranks(step_terms)
             self.batches_done = batch_index + 1
             seconds = time.perf_counter() - step_start
             self.time_elapsed += seconds
@@ -389,6 +390,15 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return float(grad_norm)
+
+    def _mean_over_ranks(self, terms: dict[str, float]) -> dict[str, float]:
+        """Logged loss terms averaged over DDP ranks (each rank saw different clips)."""
+        if self.world_size == 1:
+            return terms
+        names = sorted(terms)
+        values = torch.tensor([terms[name] for name in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(names, (values / self.world_size).tolist()))
 
     def _check_finite(self, value: Tensor, what: str, batch: Any, batch_index: int) -> None:
         """Stop every rank when any rank sees a NaN / inf; `last.pt` keeps the last good state."""
