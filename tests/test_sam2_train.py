@@ -174,10 +174,11 @@ def test_box_prompt_and_two_conditioning_frames():
 
 
 def test_selective_training_gradients_and_frozen_encoder_without_autograd():
-    model = _tiny_model(prob_to_use_pt_input_for_train=1.0).train()
+    model = _tiny_model(prob_to_use_pt_input_for_train=1.0, num_correction_pt_per_frame=1).train()
     grad_enabled_in_encoder = []
     model.image_encoder.register_forward_hook(lambda *_: grad_enabled_in_encoder.append(torch.is_grad_enabled()))
-    MultiStepMultiMaskLoss()(model(_synthetic_batch()), _synthetic_batch().masks)["core_loss"].backward()
+    batch = _synthetic_batch(num_frames=2)
+    MultiStepMultiMaskLoss()(model(batch), batch.masks)["core_loss"].backward()
     assert grad_enabled_in_encoder == [False]
     with_grad = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {"memory_attention", "memory_encoder"}
@@ -191,7 +192,6 @@ def test_selective_training_gradients_and_frozen_encoder_without_autograd():
     assert all(n.startswith(("image_encoder.neck.", "sam_mask_decoder.", "no_mem_embed")) for n in trainable)
     assert not any(n.startswith("image_encoder.trunk.") for n in trainable)
     model.zero_grad(set_to_none=True)
-    batch = _synthetic_batch()
     MultiStepMultiMaskLoss()(model(batch), batch.masks)["core_loss"].backward()
     assert grad_enabled_in_encoder[-1] is True
     assert model.image_encoder.neck.convs[0].conv.weight.grad is not None
@@ -209,10 +209,10 @@ def test_a_few_steps_decrease_the_loss():
     model = _tiny_model(prob_to_use_pt_input_for_train=0.0,
                         trainable_modules=["memory_attention", "memory_encoder", "sam_mask_decoder"]).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    batch = _synthetic_batch(num_frames=3, num_objects=2)
+    batch = _synthetic_batch(num_frames=2, num_objects=2)
     loss_fn = MultiStepMultiMaskLoss()
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         optimizer.zero_grad()
         loss = loss_fn(model(batch), batch.masks)["core_loss"]
         loss.backward()
@@ -321,3 +321,26 @@ def test_validate_sam2_tracks_objects_from_their_first_frame(davis_like: Path, t
     assert ((predicted[2] == 2) == np.array(Image.open(davis_like / "Annotations" / "vid" / "00002.png")).__eq__(2)).mean() > 0.95
     with pytest.raises(UserInputError, match="expected DAVIS layout"):
         validate_sam2(model, tmp_path / "pred", image_size=SIZE)
+
+
+def test_explicit_prompts_are_used_as_they_are():
+    model = _tiny_model(explicit_prompts=True).eval()
+    batch = _synthetic_batch(num_frames=3)
+    batch.boxes[0, 0] = torch.tensor([10.0, 12.0, 50.0, 60.0])
+    batch.box_valid[0, 0] = True
+    batch.point_coords[2, 1, 0] = torch.tensor([70.0, 80.0])
+    batch.point_labels[2, 1, 0] = 1
+    with torch.no_grad():
+        outputs = model(batch)
+    first = outputs[0]["point_inputs"]
+    assert first["point_labels"].tolist() == [[2, 3], [-1, -1]]
+    assert first["point_coords"][0].tolist() == [[10.0, 12.0], [50.0, 60.0]]
+    assert outputs[1]["point_inputs"] is None  # tracked from memory
+    assert outputs[2]["point_inputs"]["point_labels"].tolist() == [[-1], [1]]
+    assert [len(o["multistep_pred_ious"]) for o in outputs] == [1, 1, 1]  # no simulated correction clicks
+
+    batch.mask_prompt_valid[2, 0] = True
+    with pytest.raises(UserInputError, match="frame 2: some objects have only a mask prompt"):
+        model(batch)
+    with pytest.raises(UserInputError, match="carry no point, box or mask prompt"):
+        model(_synthetic_batch(num_frames=2))

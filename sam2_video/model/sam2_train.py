@@ -359,7 +359,9 @@ class SAM2Model(SAM2):
         num_correct = self._phase("num_frames_to_correct")
         if num_frames == 1:  # a single image: SAM-style interactive training with clicks
             prob_pt, num_init, num_correct = 1.0, 1, 1
-        num_init = min(num_init, num_frames)
+        # unlike the official code, a clip keeps at least one tracked frame: with only prompted
+        # frames a mask-prompted step would have nothing to learn (a loss without gradient)
+        num_init = min(num_init, max(num_frames - 1, 1))
         use_pt_input = _uniform() < prob_pt
         if self._phase("rand_init_cond_frames") and num_init > 1:
             num_init = _randint(1, num_init)
