@@ -147,10 +147,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    print(f"{args.config} at {args.image_size}px, {args.frames} frames, {args.objects} objects, batch 1, "
+          f"trainable {'+'.join(TRAINABLE)}, {args.threads} threads, median of {args.steps} steps after 1 warm-up")
+    print(f"{'workload':<10}{'implementation':<24}{'wall s/step':>12}{'CPU s/step':>12}", flush=True)
+
+    rows: list[dict] = []
+
+    def report(row: dict) -> None:
+        rows.append(row)
+        print(f"{row['workload']:<10}{row['impl']:<24}{statistics.median(row['wall_s']):>12.2f}"
+              f"{statistics.median(row['cpu_s']):>12.2f}", flush=True)
+
     images, masks = synthetic_clip(args.frames, args.objects, args.image_size)
     batch = our_batch(images, masks)
     loss_fn = MultiStepMultiMaskLoss()
-    rows = []
     for workload in args.workloads.split(","):
         options = WORKLOADS[workload]
         torch.manual_seed(0)
@@ -158,7 +168,7 @@ def main() -> None:
             model = SAM2Model(config_path=args.config, image_size=args.image_size, trainable_modules=TRAINABLE,
                               feature_cache_frames=cache_frames, verbose=False, **options).train()
             times = time_steps(model, lambda: loss_fn(model(batch), batch.masks)["core_loss"], args.steps)
-            rows.append({"workload": workload, "impl": "ours, feature cache" if cache_frames else "ours", **times})
+            report({"workload": workload, "impl": "ours, feature cache" if cache_frames else "ours", **times})
             state_dict = model.state_dict()
         if args.no_reference:
             continue
@@ -168,14 +178,8 @@ def main() -> None:
             continue
         ref_batch = reference_batch(images, masks)
         times = time_steps(reference, lambda: reference_loss(reference(ref_batch), ref_batch.masks)["core_loss"], args.steps)
-        rows.append({"workload": workload, "impl": "official SAM2Train", **times})
+        report({"workload": workload, "impl": "official SAM2Train", **times})
 
-    print(f"{args.config} at {args.image_size}px, {args.frames} frames, {args.objects} objects, batch 1, "
-          f"trainable {'+'.join(TRAINABLE)}, {args.threads} threads, median of {args.steps} steps after 1 warm-up")
-    print(f"{'workload':<10}{'implementation':<24}{'wall s/step':>12}{'CPU s/step':>12}")
-    for row in rows:
-        print(f"{row['workload']:<10}{row['impl']:<24}{statistics.median(row['wall_s']):>12.2f}"
-              f"{statistics.median(row['cpu_s']):>12.2f}")
     print(json.dumps(rows))
 
 

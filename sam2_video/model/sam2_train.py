@@ -266,7 +266,7 @@ class SAM2Model(SAM2):
         Each dict holds, for the N = O objects of the batch (official `SAM2Train` keys):
         `multistep_pred_multimasks_high_res` (list over decoder steps of [N,M,H,W] logits, M = 3
         on a first click else 1), `multistep_pred_ious` (list of [N,M]),
-        `multistep_object_score_logits` (list of [N,1]), `multistep_pred_masks_high_res` [N,S,H,W],
+        `multistep_object_score_logits` (list of [N,1]), `multistep_pred_masks_high_res` [N,steps,H,W],
         `multistep_point_inputs`, `pred_masks` [N,1,H/4,W/4], `pred_masks_high_res` [N,1,H,W]
         (the final, selected mask), `maskmem_features`, `maskmem_pos_enc`, `point_inputs`, `mask_inputs`.
         """
