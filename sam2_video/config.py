@@ -55,8 +55,10 @@ class ModelSection:
 class DataSection:
     """Where the clips come from and how they are sampled (seed 002's `dataset:` block).
 
-    `data_path` is a folder (video, vos) or a JSON file (coco, sav); synthetic data is generated in
-    memory (`synthetic_videos` videos of `synthetic_frames` frames). `image_size` is an int or
+    `data_path`: vos, a DAVIS-layout folder (JPEGImages/, Annotations/); video, a folder of frame
+    folders (masks synthesized); coco, the COCO-video JSON (images under `image_root`, default its
+    folder); sav, the SA-V frames folder with the `<video>_manual.json` files in `annotations_path`;
+    synthetic data is generated in memory (`synthetic_videos` videos of `synthetic_frames` frames). `image_size` is an int or
     [height, width] and must match the model (None: the model's); `explicit_prompts` uses the
     dataset's own prompts as they are (seed 003: BCSS-style label maps with prompt files).
     """
@@ -75,6 +77,8 @@ class DataSection:
     include_center_point: bool = False
     explicit_prompts: bool = False
     augment: bool = True
+    image_root: str | None = None  # coco: folder the JSON's image paths are relative to
+    annotations_path: str | None = None  # sav: folder of <video>_manual.json masklets
     prompts_dir: str | None = None  # vos: folder of <video>.json explicit prompts
     ignore_ids: list[int] = field(default_factory=list)  # vos: label values that are not objects
     val_data_path: str | None = None  # DAVIS-layout folder of held-out videos for J&F validation
@@ -320,7 +324,11 @@ def _check_values(config: RunConfig, source: str) -> None:
             raise UserInputError(f"{source}: 'dataset.data_path' is required for dataset_type {data.dataset_type!r}")
         if not Path(data.data_path).exists():
             raise UserInputError(f"{source}: 'dataset.data_path' {data.data_path} does not exist")
-    for key, value in [("dataset.val_data_path", data.val_data_path), ("dataset.prompts_dir", data.prompts_dir)]:
+    if data.dataset_type == "sav" and data.annotations_path is None:
+        raise UserInputError(f"{source}: dataset_type 'sav' needs 'dataset.annotations_path' (folder of <video>_manual.json)")
+    folders = [("dataset.val_data_path", data.val_data_path), ("dataset.prompts_dir", data.prompts_dir),
+               ("dataset.image_root", data.image_root), ("dataset.annotations_path", data.annotations_path)]
+    for key, value in folders:
         if value is not None and not Path(value).is_dir():
             raise UserInputError(f"{source}: '{key}' {value} is not a folder")
     checkpoint = config.model.checkpoint_path

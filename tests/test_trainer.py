@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sam2_video.config import TrainSection
-from sam2_video.train.checkpoint import load_checkpoint
+from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY, MultiStepMultiMaskLoss
 from sam2_video.train.metrics_log import read_metrics
 from sam2_video.train.optim import build_param_groups, warmup_cosine_factor
@@ -134,14 +134,14 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) ->
     crashing = make_trainer(tmp_path / "resumed", loss_fn=CrashAtCall(toy_loss(), crash_at=13), **settings)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.fit()  # dies during step 7: the last checkpoint is step 6, in the middle of epoch 1
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["steps"] == 6
+    assert load_training_checkpoint(tmp_path / "resumed" / "last.pt")["steps"] == 6
     resumed_trainer = make_trainer(tmp_path / "resumed", **settings)
     resumed = resumed_trainer.fit(resume=True)
 
     assert [r[CORE_LOSS_KEY] for r in resumed.history] == [r[CORE_LOSS_KEY] for r in full.history[6:]]
     assert resumed.steps == full.steps == 8
-    full_state = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    for name, value in load_checkpoint(tmp_path / "resumed" / "last.pt")["model"].items():
+    full_state = load_training_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    for name, value in load_training_checkpoint(tmp_path / "resumed" / "last.pt")["model"].items():
         assert torch.equal(value, full_state[name]), name
     logged_steps = [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl", "train")]
     assert logged_steps == list(range(1, 9))  # what the crashed run logged after step 6 was dropped
@@ -150,7 +150,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) ->
 
 def test_checkpoint_holds_the_documented_keys(tmp_path: Path) -> None:
     make_trainer(tmp_path, num_clips=2, epochs=1).fit()
-    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    checkpoint = load_training_checkpoint(tmp_path / "last.pt")
     for key in ["model", "optimizer", "scheduler", "epoch", "batches_in_epoch", "steps", "loss", "time_elapsed",
                 "best_meter_values", "config", "rng"]:
         assert key in checkpoint, key
@@ -175,7 +175,7 @@ def test_nan_loss_stops_with_step_and_videos_and_keeps_last_good_checkpoint(tmp_
     message = str(err.value)
     assert "nan at optimizer step 3" in message
     assert "clip" in message and str(tmp_path / "last.pt") in message
-    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    checkpoint = load_training_checkpoint(tmp_path / "last.pt")
     assert checkpoint["steps"] == 2
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
@@ -184,7 +184,7 @@ def test_best_checkpoint_follows_the_highest_jf(tmp_path: Path) -> None:
     scores = iter([50.0, 70.0, 60.0])
     trainer = make_trainer(tmp_path, num_clips=2, epochs=3, validate=lambda model: {"J&F": next(scores)})
     result = trainer.fit()
-    best = load_checkpoint(tmp_path / "best.pt")
+    best = load_training_checkpoint(tmp_path / "best.pt")
     assert best["best_meter_values"]["J&F"] == 70.0 and best["steps"] == 4
     assert result.best_meter_values["J&F"] == 70.0
     assert [r["J&F"] for r in read_metrics(tmp_path / "metrics.jsonl", "val")] == [50.0, 70.0, 60.0]
@@ -264,7 +264,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_last_pt(tmp_path: Path) 
             process.kill()
     half_written = Path(marker.read_text())
     assert half_written.exists() and half_written != tmp_path / "run" / "last.pt"
-    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    checkpoint = load_training_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["steps"] == 1
     resumed = make_trainer(tmp_path / "run", checkpoint_every_steps=1).fit(resume=True)
     assert resumed.steps == 16

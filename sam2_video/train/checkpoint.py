@@ -32,7 +32,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU; raise `UserInputError` if it is missing or not a checkpoint."""
     path = Path(path)
     if not path.is_file():

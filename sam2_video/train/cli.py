@@ -21,10 +21,13 @@ from torch.utils.data import Dataset
 from sam2_video.config import DataSection, ModelSection, RunConfig, load_config
 from sam2_video.data import (
     ClipTransform,
+    COCOVideoDataset,
+    SAVJsonDataset,
     PromptGenerator,
     SAM2ClipSampler,
     STCNClipSampler,
     SyntheticVideoDataset,
+    VideoDataset,
     VOSFolderDataset,
     collate_fn,
 )
@@ -84,9 +87,11 @@ def build_train_dataset(config: RunConfig) -> Dataset:
         )
     if data.dataset_type == "vos":
         return VOSFolderDataset(data.data_path, prompts_dir=data.prompts_dir, ignore_ids=data.ignore_ids, **common)
-    raise UserInputError(
-        f"dataset.dataset_type {data.dataset_type!r} is not available yet in this version; use vos or synthetic"
-    )
+    if data.dataset_type == "coco":
+        return COCOVideoDataset(data.data_path, image_root=data.image_root, **common)
+    if data.dataset_type == "sav":
+        return SAVJsonDataset(data.data_path, data.annotations_path, **common)
+    return VideoDataset(data.data_path, **common)
 
 
 def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -> nn.Module:
@@ -136,18 +141,22 @@ def build_loss(config: RunConfig, total_steps: int) -> LossFn:
 
 
 def build_validator(config: RunConfig) -> Validator | None:
-    """J&F on `dataset.val_data_path` (DAVIS layout) with the video predictor; None without held-out data."""
+    """J&F on `dataset.val_data_path` (DAVIS layout) with the video predictor; None without held-out data.
+
+    The validator is `validate(model, out_dir=None) -> {"J&F", "J", "F"}`; predictions go to
+    `out_dir/<video>/<frame>.png` when given (the trainer passes only the model).
+    """
     val_root = config.dataset.val_data_path
     if val_root is None:
         return None
     if config.model.model == "stcn":
         from sam2_video.train.validate import validate_stcn
 
-        return lambda model: validate_stcn(model, val_root)
+        return lambda model, out_dir=None: validate_stcn(model, val_root, out_dir=out_dir)
     from sam2_video.train.validate import validate_sam2
 
     image_size = config.model.image_size
-    return lambda model: validate_sam2(model, val_root, image_size)
+    return lambda model, out_dir=None: validate_sam2(model, val_root, image_size, out_dir=out_dir)
 
 
 def _init_distributed() -> bool:

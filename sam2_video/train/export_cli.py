@@ -14,7 +14,7 @@ import torch
 
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
-from sam2_video.train.checkpoint import load_checkpoint
+from sam2_video.train.checkpoint import load_training_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def export_weights(checkpoint_path: str | Path, output_path: str | Path) -> Path
     checkpoint_path, output_path = Path(checkpoint_path), Path(output_path)
     if output_path.exists():
         raise UserInputError(f"{output_path} already exists; choose another output name (export never overwrites)")
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_training_checkpoint(checkpoint_path)
     state_dict = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint["model"].items()}
     model_config = (checkpoint.get("config") or {}).get("model")
     if model_config is not None and model_config.get("model") == "sam2":

@@ -28,7 +28,7 @@ from sam2_video.errors import UserInputError
 from sam2_video.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
-    load_checkpoint,
+    load_training_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -281,7 +281,7 @@ class Trainer:
         if resume:
             if not self.last_path.is_file():
                 raise UserInputError(f"{self.last_path}: no checkpoint to resume from (train without --resume first)")
-            self.load_state_dict(load_checkpoint(self.last_path))
+            self.load_state_dict(load_training_checkpoint(self.last_path))
         else:
             if self.last_path.exists():
                 raise UserInputError(
