@@ -52,8 +52,9 @@ class STCNLoss:
     """`loss(outputs, batch) -> {"core_loss", "loss_frame_N"..., "kept_fraction"}` for the trainer.
 
     The step of the warm-up schedule counts the calls made with gradients enabled (training
-    steps; validation runs under no_grad). Build it with `STCNLoss.for_total_steps(n)` to place
-    the warm-up where STCN does relative to the length of training.
+    forward passes, so micro-batches under gradient accumulation; validation runs under no_grad).
+    Build it with `STCNLoss.for_total_steps(n)`, n = training forward passes, to place the warm-up
+    where STCN does relative to the length of training.
     """
 
     def __init__(self, start_warm: int, end_warm: int, top_p: float = 0.15) -> None:
