@@ -1,8 +1,9 @@
 """Training logs: one JSON object per line (`metrics.jsonl`), TensorBoard scalars, a loss-curve PNG.
 
-Each JSONL record has `kind` ("train" or "val"), `step` (optimizer steps done), `epoch`, and
-the scalars: train records `loss` terms, `lr` and `seconds`; val records the validator's
-metrics (e.g. `J&F`).
+Each JSONL record has `kind` ("train" or "val"), `step` (optimizer steps done), `epoch` (train:
+the epoch the step belongs to, from 0; val: epochs completed), and the scalars: train records the
+loss terms (`core_loss`, ...), `lr`, `grad_norm` (before clipping) and `seconds`; val records the
+validator's metrics (e.g. `J&F`).
 """
 from __future__ import annotations
 

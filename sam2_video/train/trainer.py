@@ -343,13 +343,14 @@ class Trainer:
                 step_terms[key] = step_terms.get(key, 0.0) + value / accumulation
             if not is_step_end:
                 continue
+            lr = max(self.scheduler.get_last_lr())  # the rate this step uses (largest group)
             grad_norm = self._optimizer_step(batch, batch_index)
             step_terms = self._mean_over_ranks(step_terms)
             self.batches_done = batch_index + 1
             seconds = time.perf_counter() - step_start
             self.time_elapsed += seconds
             self.last_loss = step_terms
-            record = {**step_terms, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "seconds": seconds}
+            record = {**step_terms, "lr": lr, "grad_norm": grad_norm, "seconds": seconds}
             history.append(record)
             if self.log is not None and self.step % settings.log_every_steps == 0:
                 self.log.log("train", self.step, self.epoch, record)
