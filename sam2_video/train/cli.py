@@ -31,7 +31,6 @@ from sam2_video.data import (
     VOSFolderDataset,
     collate_fn,
 )
-from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
 from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
 from sam2_video.train.trainer import (
