@@ -99,7 +99,9 @@ def toy_settings(out_dir: Path, **overrides) -> TrainSection:
     return replace(base, **overrides)
 
 
-def make_trainer(out_dir: Path, loss_fn=None, num_clips: int = 8, validate=None, **overrides) -> Trainer:
+def make_trainer(
+    out_dir: Path, loss_fn=None, num_clips: int = 8, validate=None, num_workers: int = 0, **overrides
+) -> Trainer:
     seed_everything(123)
     return Trainer(
         ToyTracker(),
@@ -107,6 +109,7 @@ def make_trainer(out_dir: Path, loss_fn=None, num_clips: int = 8, validate=None,
         ToyClips(num_clips),
         toy_settings(out_dir, **overrides),
         batch_size=1,
+        num_workers=num_workers,
         collate_fn=collate_toy,
         validate=validate,
         run_config={"note": "toy"},
@@ -146,6 +149,12 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) ->
     logged_steps = [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl", "train")]
     assert logged_steps == list(range(1, 9))  # what the crashed run logged after step 6 was dropped
     assert (tmp_path / "resumed" / "loss_curve.png").stat().st_size > 0
+
+
+def test_clips_do_not_depend_on_the_number_of_loader_workers(tmp_path: Path) -> None:
+    in_process = make_trainer(tmp_path / "w0", num_clips=4, epochs=1).fit()
+    with_workers = make_trainer(tmp_path / "w2", num_clips=4, num_workers=2, epochs=1).fit()
+    assert [r[CORE_LOSS_KEY] for r in with_workers.history] == [r[CORE_LOSS_KEY] for r in in_process.history]
 
 
 def test_checkpoint_holds_the_documented_keys(tmp_path: Path) -> None:
