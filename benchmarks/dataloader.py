@@ -6,7 +6,8 @@ folder (`VOSFolderDataset`, PNG masks) and as a COCO video JSON with compressed 
 (`COCOVideoDataset`), written to a temporary folder. Each configuration loads `--clips` clips of 8
 frames with 3 objects (batch size 1) in ONE epoch, so each worker's mask cache (`--cache-size`
 frames, or 0 = off) can serve repeated frames. Without ../shared/data it falls back to 2 synthetic
-854x480 videos with 3 objects.
+854x480 videos with 3 objects. On a shared machine, the CPU seconds per clip (0 workers) are the
+steadier figure.
 
     python benchmarks/dataloader.py [--sizes 512 1024 --workers 0 2 --clips 24 --cache-size 256]
 """
@@ -70,16 +71,18 @@ def coco_json(davis: Path, workdir: Path) -> Path:
     return path
 
 
-def clips_per_second(dataset, num_clips: int, num_workers: int) -> float:
-    """Load `num_clips` clips of the 2 videos in one epoch; the first batch (worker start-up) is not timed."""
+def clips_per_second(dataset, num_clips: int, num_workers: int) -> tuple[float, float | None]:
+    """(clips/s wall-clock, CPU seconds per clip in this process or None with workers) over `num_clips`
+    clips of the 2 videos in one epoch; the first batch per worker (start-up, cold cache) is not timed."""
     epoch = Subset(dataset, [i % len(dataset) for i in range(num_clips + max(1, num_workers))])
     loader = build_dataloader(epoch, batch_size=1, num_workers=num_workers, seed=0)
     iterator = iter(loader)
     for _ in range(max(1, num_workers)):
         next(iterator)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     count = sum(batch.num_videos for batch in iterator)
-    return count / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return count / wall, (cpu / count if num_workers == 0 else None)
 
 
 def main() -> None:
@@ -96,7 +99,7 @@ def main() -> None:
         workdir = Path(tmp)
         davis = davis_layout(workdir)
         coco = coco_json(davis, workdir)
-        print(f"{'dataset':8} {'size':>5} {'workers':>7} {'cache':>6} {'clips/s':>8}")
+        print(f"{'dataset':8} {'size':>5} {'workers':>7} {'cache':>6} {'clips/s':>8} {'cpu s/clip':>10}")
         for size in args.sizes:
             common = dict(
                 clip_sampler=SAM2ClipSampler(num_frames=8, max_num_objects=3),
@@ -109,8 +112,9 @@ def main() -> None:
                         ("davis", VOSFolderDataset(davis, mask_cache_size=cache, **common)),
                         ("coco", COCOVideoDataset(coco, mask_cache_size=cache, **common)),
                     ):
-                        rate = clips_per_second(dataset, args.clips, workers)
-                        print(f"{name:8} {size:>5} {workers:>7} {cache:>6} {rate:>8.2f}", flush=True)
+                        rate, cpu = clips_per_second(dataset, args.clips, workers)
+                        cpu_text = f"{cpu:>10.2f}" if cpu is not None else f"{'-':>10}"
+                        print(f"{name:8} {size:>5} {workers:>7} {cache:>6} {rate:>8.2f} {cpu_text}", flush=True)
 
 
 if __name__ == "__main__":

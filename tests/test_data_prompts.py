@@ -167,3 +167,18 @@ def test_geometry_moves_points_with_the_image():
     x, y = prompts[0][0].point_coords[0].round().long().tolist()
     assert x < 16  # the block moved to the left half
     assert masks_out[0, 0, y, x] and images[0, :, y, x].min() > 0.9
+
+
+def test_colour_jitter_matches_pil_enhancers():
+    """The one-matrix jitter equals brightness -> contrast -> saturation applied one after another (up to rounding)."""
+    from PIL import Image, ImageEnhance
+
+    from sam2_video.data.transforms import _jitter
+
+    rng = np.random.default_rng(0)
+    smooth = rng.uniform(40, 215, size=(6, 8, 3)).astype(np.uint8)
+    frame = Image.fromarray(smooth).resize((64, 48), Image.BICUBIC)
+    for brightness, contrast, saturation in [(1.1, 0.97, 1.03), (0.8, 1.2, 0.7)]:
+        expected = ImageEnhance.Color(ImageEnhance.Contrast(ImageEnhance.Brightness(frame).enhance(brightness)).enhance(contrast)).enhance(saturation)
+        difference = np.abs(np.asarray(expected).astype(int) - np.asarray(_jitter(frame, brightness, contrast, saturation)))
+        assert difference.mean() < 2.0 and difference.max() <= 16  # PIL clips between steps, the matrix once

@@ -16,12 +16,11 @@ bounds of their transformed corners, clipped to the frame and grown to contain t
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from sam2_video.data.batch import ObjectPrompt
 from sam2_video.data.prompts import POSITIVE, PromptGenerator, clip_box, mask_to_box, points_in_frame, points_inside
@@ -111,7 +110,7 @@ class ClipTransform:
         # point/box maps as 3x3 matrices on homogeneous pixel coordinates, one per frame
         geometry = _resize_matrix(height, width, size).repeat(num_frames, 1, 1)
         frames = [Image.fromarray(frame).resize((size, size), Image.BILINEAR) for frame in images]
-        masks = F.interpolate(masks.to(torch.uint8), size=(size, size), mode="nearest-exact").bool()
+        masks = _map_masks(masks, lambda image, t: image.resize((size, size), Image.NEAREST))
 
         # resizing and flipping commute, so the flip runs on the smaller resized clip
         if self.hflip_prob > 0 and torch.rand((), generator=generator) < self.hflip_prob:
@@ -127,7 +126,7 @@ class ClipTransform:
 
         frames = self._color(frames, generator)
         pixels = torch.from_numpy(np.stack([np.asarray(frame) for frame in frames])).permute(0, 3, 1, 2).float()
-        images_out = pixels.mul_(1 / (255 * self.std)).sub_(self.mean / self.std)
+        images_out = torch.addcmul(-self.mean / self.std, pixels, 1 / (255 * self.std))
         return images_out, masks, _move_prompts(prompts, geometry, masks, generator, prompt_generator)
 
     def _draw_affine(self, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -146,19 +145,19 @@ class ClipTransform:
         return torch.eye(3, dtype=torch.float64).expand(num_frames, 3, 3)
 
     def _color(self, frames: list[Image.Image], generator: torch.Generator) -> list[Image.Image]:
-        """Brightness, contrast, saturation, hue jitter, then grayscale, on uint8 PIL frames."""
+        """Brightness, contrast and saturation jitter (one colour matrix per frame), hue, grayscale."""
         num_frames = len(frames)
         draws = num_frames if self.color_per_frame else 1
 
-        def per_frame(values: torch.Tensor) -> list[float]:
+        def per_frame(values: torch.Tensor) -> list:
             return values.expand(num_frames).tolist()
 
         def factors(amount: float) -> list[float]:
-            return per_frame(_uniform(max(0.0, 1 - amount), 1 + amount, draws, generator))
+            return per_frame(_uniform(max(0.0, 1 - amount), 1 + amount, draws, generator)) if amount > 0 else [1.0] * num_frames
 
-        for amount, enhancer in ((self.brightness, ImageEnhance.Brightness), (self.contrast, ImageEnhance.Contrast), (self.saturation, ImageEnhance.Color)):
-            if amount > 0:
-                frames = [enhancer(frame).enhance(f) for frame, f in zip(frames, factors(amount))]
+        jitter = zip(factors(self.brightness), factors(self.contrast), factors(self.saturation))
+        if self.brightness > 0 or self.contrast > 0 or self.saturation > 0:
+            frames = [_jitter(frame, *amounts) for frame, amounts in zip(frames, jitter)]
         if self.hue > 0:
             shifts = per_frame(_uniform(-self.hue, self.hue, draws, generator))
             frames = [_shift_hue(frame, shift) for frame, shift in zip(frames, shifts)]
@@ -166,6 +165,20 @@ class ClipTransform:
             to_gray = per_frame(torch.rand(draws, generator=generator) < self.grayscale_prob)
             frames = [frame.convert("L").convert("RGB") if gray else frame for frame, gray in zip(frames, to_gray)]
         return frames
+
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _jitter(frame: Image.Image, brightness: float, contrast: float, saturation: float) -> Image.Image:
+    """Scale by `brightness`, stretch about the mean gray by `contrast`, blend with gray by `saturation`
+    (torchvision's definitions, composed into one RGB matrix so PIL makes a single clipped pass)."""
+    mean_gray = brightness * float(np.asarray(frame.convert("L")).mean())
+    to_gray = np.outer(np.ones(3), LUMA)
+    saturate = saturation * np.eye(3) + (1 - saturation) * to_gray
+    linear = saturate @ (contrast * brightness * np.eye(3))
+    offset = saturate @ np.full(3, (1 - contrast) * mean_gray)
+    return frame.convert("RGB", tuple(np.concatenate([linear, offset[:, None]], 1).flatten().tolist()))
 
 
 def _shift_hue(frame: Image.Image, shift: float) -> Image.Image:
@@ -187,21 +200,28 @@ def _warp(image: Image.Image, matrix: torch.Tensor, resample: int) -> Image.Imag
     return image.transform(image.size, Image.AFFINE, _pil_affine(matrix), resample=resample, fillcolor=0)
 
 
-def _warp_masks(masks: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """[T,N,S,S] bool warped by affine[t] with nearest sampling (outside the frame = empty).
+def _map_masks(masks: torch.Tensor, operation: Callable[[Image.Image, int], Image.Image]) -> torch.Tensor:
+    """Apply a nearest-neighbour PIL `operation(image, t)` to every mask of [T,N,H,W] bool.
 
-    Up to 8 objects travel as the bits of one uint8 image, so a frame needs one warp per 8 objects.
+    Up to 8 objects travel as the bits of one uint8 image, so a frame needs one call per 8 objects.
     """
     num_frames, num_objects = masks.shape[:2]
-    warped = torch.zeros_like(masks)
     bits = (1 << torch.arange(8, dtype=torch.uint8)).view(8, 1, 1)
-    for first in range(0, num_objects, 8):
-        group = masks[:, first : first + 8]
-        packed = (group.to(torch.uint8) * bits[: group.shape[1]]).sum(1, dtype=torch.uint8)
-        for t in range(num_frames):
-            moved = np.asarray(_warp(Image.fromarray(packed[t].numpy()), affine[t], Image.NEAREST))
-            warped[t, first : first + 8] = (torch.from_numpy(moved.copy()) & bits[: group.shape[1]]) > 0
-    return warped
+    frames = []
+    for t in range(num_frames):
+        groups = []
+        for first in range(0, max(num_objects, 1), 8):
+            group = masks[t, first : first + 8]
+            packed = (group.to(torch.uint8) * bits[: group.shape[0]]).sum(0, dtype=torch.uint8)
+            moved = torch.from_numpy(np.array(operation(Image.fromarray(packed.numpy()), t)))
+            groups.append((moved & bits[: group.shape[0]]) > 0)
+        frames.append(torch.cat(groups)[:num_objects])
+    return torch.stack(frames)
+
+
+def _warp_masks(masks: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """[T,N,S,S] bool warped by affine[t] with nearest sampling (outside the frame = empty)."""
+    return _map_masks(masks, lambda image, t: _warp(image, affine[t], Image.NEAREST))
 
 
 def _hflip_matrix(width: int) -> torch.Tensor:
