@@ -142,3 +142,12 @@ def test_coco_polygons_and_uncompressed_rle_decode(tmp_path):
     assert np.array_equal(mask, expected)
     polygon = COCOVideoDataset(coco_json(tmp_path, [[2, 2, 10, 2, 10, 8, 2, 8]]), transform=ClipTransform(16))
     assert polygon.read_objects(0, 0)[1][5, 6] and not polygon.read_objects(0, 0)[1][10, 14]
+
+
+def test_frames_of_different_sizes_in_one_video(tmp_path):
+    vos_video(tmp_path)
+    write_frame(tmp_path / "JPEGImages" / "video" / "00001.jpg", width=20)
+    write_palette_mask(tmp_path / "Annotations" / "video" / "00001.png", np.zeros((12, 20)))
+    dataset = VOSFolderDataset(tmp_path, clip_sampler=SAM2ClipSampler(num_frames=3), transform=ClipTransform(16))
+    with pytest.raises(UserInputError, match=r"00001\.jpg .*: the frame is 20x12 but .*00000\.jpg .* is 16x12"):
+        dataset[0]

@@ -105,6 +105,12 @@ class ClipDataset(Dataset):
             image = self.read_image(index, frame)
             objects = self.objects(index, frame)
             height, width = image.shape[:2]
+            if images and images[0].shape != image.shape:
+                raise UserInputError(
+                    f"{self.frame_source(index, frame)}: the frame is {width}x{height} but "
+                    f"{self.frame_source(index, selection.frame_indices[0])} is {images[0].shape[1]}x{images[0].shape[0]}; "
+                    f"all frames of a video must have one size"
+                )
             frame_masks = []
             for object_id in selection.object_ids:
                 mask = objects.get(object_id)
