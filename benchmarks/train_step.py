@@ -3,7 +3,9 @@ official `SAM2Train` on the same batch, weights, frozen modules and prompt workl
 
 A step is zero_grad + forward + loss + backward + AdamW step on one synthetic batch (1 clip,
 `--frames` frames, `--objects` objects, `--image-size` px). Trainable: memory attention and memory
-encoder (our default); everything else frozen on both sides. Workloads (fixed, so both
+encoder (our default); everything else frozen on both sides. Memory-attention dropout is off on
+both sides: with dropout, PyTorch's CPU attention materialises every attention matrix (over 13 GB
+at the default sizes). Workloads (fixed, so both
 implementations do the same work): `mask` = a mask prompt on frame 0, the other frames tracked;
 `clicks` = a click on frame 0 plus 7 correction clicks there, the other frames tracked.
 
@@ -40,6 +42,12 @@ HIERA_T_OVERRIDES = [
     "++trainer.model.image_encoder.trunk.global_att_blocks=[5,7,9]",
     "++trainer.model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[7,7]",
     "trainer.model.image_encoder.neck.backbone_channel_list=[768,384,192,96]",
+]
+NO_DROPOUT_OVERRIDES = [
+    "trainer.model.image_encoder.trunk.drop_path_rate=0.0",
+    "trainer.model.memory_attention.layer.dropout=0.0",
+    "trainer.model.memory_attention.layer.self_attention.dropout=0.0",
+    "trainer.model.memory_attention.layer.cross_attention.dropout=0.0",
 ]
 
 
@@ -109,7 +117,7 @@ def build_reference(image_size: int, state_dict: dict, workload: dict):
     except ValueError:
         pass  # already registered
     cfg = compose(config_name="configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml",
-                  overrides=HIERA_T_OVERRIDES + [f"scratch.resolution={image_size}"])
+                  overrides=HIERA_T_OVERRIDES + NO_DROPOUT_OVERRIDES + [f"scratch.resolution={image_size}"])
     OmegaConf.resolve(cfg.trainer.model)
     model = instantiate(cfg.trainer.model, _recursive_=True)
     model.load_state_dict(state_dict, strict=True)
@@ -166,7 +174,7 @@ def main() -> None:
         torch.manual_seed(0)
         for cache_frames in (0, args.frames):
             model = SAM2Model(config_path=args.config, image_size=args.image_size, trainable_modules=TRAINABLE,
-                              feature_cache_frames=cache_frames, verbose=False, **options).train()
+                              feature_cache_frames=cache_frames, dropout=0.0, verbose=False, **options).train()
             times = time_steps(model, lambda: loss_fn(model(batch), batch.masks)["core_loss"], args.steps)
             report({"workload": workload, "impl": "ours, feature cache" if cache_frames else "ours", **times})
             state_dict = model.state_dict()
