@@ -609,14 +609,16 @@ def _check_obj_id(obj_id: Any) -> int:
 
 
 def _points_and_labels(points: Any, labels: Any, box: Any, clear_old_points: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checked prompt tensors: coords [1,N,2] float32 (box corners first) and labels [1,N] int32."""
+    """Checked prompt tensors on the CPU: coords [1,N,2] float32 (box corners first) and labels
+    [1,N] int32."""
     if (points is None) != (labels is None):
         raise UserInputError("points and labels must be given together: one label (1 = object, "
                              "0 = background) per point")
     if points is None and box is None:
         raise UserInputError("give points with labels, a box, or both")
-    coords = torch.zeros(1, 0, 2) if points is None else torch.as_tensor(points, dtype=torch.float32)
-    point_labels = torch.zeros(1, 0, dtype=torch.int32) if labels is None else torch.as_tensor(labels, dtype=torch.int32)
+    coords = torch.zeros(1, 0, 2) if points is None else torch.as_tensor(points, dtype=torch.float32).cpu()
+    point_labels = (torch.zeros(1, 0, dtype=torch.int32) if labels is None
+                    else torch.as_tensor(labels, dtype=torch.int32).cpu())
     if coords.dim() == 2:
         coords = coords.unsqueeze(0)
     if point_labels.dim() == 1:
@@ -632,7 +634,7 @@ def _points_and_labels(points: Any, labels: Any, box: Any, clear_old_points: boo
         if not clear_old_points:
             raise UserInputError("a box must come before any click, so it cannot be added with "
                                  "clear_old_points=False")
-        box_coords = torch.as_tensor(box, dtype=torch.float32)
+        box_coords = torch.as_tensor(box, dtype=torch.float32).cpu()
         if box_coords.numel() != 4:
             raise UserInputError(f"box must be 4 numbers (x0, y0, x1, y1), got {box_coords.numel()}")
         coords = torch.cat([box_coords.reshape(1, 2, 2), coords], dim=1)

@@ -1,0 +1,147 @@
+"""Video tracking speed and memory: the official SAM2VideoPredictor against ours, in one run.
+
+Both get the same random weights (with refharness's random-weight tweaks), the same video and
+the same prompts (objects 1..3: a click, a box and a mask on frame 0), hole filling off (the
+official code skips it on the CPU). Per object count it prints the propagation speed of each
+(frames/s, prompted frame included), our speed-up, peak memory during the session (CPU: peak
+RSS above the RSS before the session, Linux VmHWM; CUDA: torch.cuda.max_memory_allocated) and
+the largest logit difference between the two.
+
+    python benchmarks/predict_vs_reference.py --image-size 512 --frames 10 --objects 1 3
+Needs the reference: pip install --no-deps sam2==1.1.0 hydra-core iopath
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam2_video.predict.video_predictor import build_sam2_video_predictor
+
+
+def make_video(folder: Path, num_frames: int, height: int = 480, width: int = 640) -> list[list[np.ndarray]]:
+    """JPEG frames with three moving shapes; returns the shapes' masks masks[t][k] (bool HxW)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = np.stack([90 + 60 * np.sin(xx / 53) * np.cos(yy / 71),
+                           110 + 50 * np.cos(xx / 37 + yy / 91),
+                           100 + 70 * xx / width], axis=-1)
+    masks = []
+    for t in range(num_frames):
+        frame = background.copy()
+        disc = (xx - (160 + 12 * t)) ** 2 + (yy - 240) ** 2 < 60**2
+        rectangle = (abs(xx - (440 - 9 * t)) < 70) & (abs(yy - (140 + 6 * t)) < 50)
+        ellipse = ((xx - 460) / 80) ** 2 + ((yy - (360 - 5 * t)) / 44) ** 2 < 1
+        for shape, colour in ((disc, (220, 40, 40)), (rectangle, (40, 200, 60)), (ellipse, (30, 60, 220))):
+            frame[shape] = colour
+        Image.fromarray(frame.clip(0, 255).astype(np.uint8)).save(folder / f"{t:05d}.jpg", quality=95)
+        masks.append([disc, rectangle, ellipse])
+    return masks
+
+
+def build_official(preset: str, image_size: int, device: str) -> Any:
+    from sam2.build_sam import build_sam2_video_predictor as build_reference
+
+    version = preset.split("_hiera_")[0]
+    predictor = build_reference(f"configs/{version}/{preset}.yaml", None, device=device,
+                                hydra_overrides_extra=[f"++model.image_size={image_size}"])
+    with torch.no_grad():
+        predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
+        for mlp in predictor.sam_mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 20.0
+            mlp.layers[-1].bias *= 20.0
+    predictor.fill_hole_area = 0
+    return predictor
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak(device: str) -> int:
+    """Reset the peak-memory counter; returns the current usage to measure the peak against."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current RSS
+    return _rss_bytes("VmRSS:")
+
+
+def _peak(device: str) -> int:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return _rss_bytes("VmHWM:")
+
+
+def run_session(predictor: Any, video: Path, masks: list[list[np.ndarray]], num_objects: int,
+                device: str) -> tuple[float, int, list[torch.Tensor]]:
+    """Prompt `num_objects` objects on frame 0 and propagate. Returns (frames/s of the
+    propagation, peak memory above the start in bytes, the yielded masks on the CPU)."""
+    base = _reset_peak(device)
+    state = predictor.init_state(str(video))
+    first = masks[0]
+    ys, xs = np.nonzero(first[0])
+    predictor.add_new_points_or_box(state, 0, 1, points=[[xs.mean(), ys.mean()]], labels=[1])
+    if num_objects >= 2:
+        ys, xs = np.nonzero(first[1])
+        predictor.add_new_points_or_box(state, 0, 2, box=[xs.min(), ys.min(), xs.max(), ys.max()])
+    if num_objects >= 3:
+        predictor.add_new_mask(state, 0, 3, first[2])
+    outputs = []
+    start = time.perf_counter()
+    for _, _, video_res_masks in predictor.propagate_in_video(state):
+        outputs.append(video_res_masks.cpu())
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return len(outputs) / seconds, _peak(device) - base, outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="sam2.1_hiera_t")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--frames", type=int, default=10, help="synthetic 480x640 frames")
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 3], choices=[1, 2, 3])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    torch.manual_seed(0)
+    official = build_official(args.preset, args.image_size, args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "weights.pt"
+        torch.save({"model": official.state_dict()}, checkpoint)
+        ours = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
+                                          image_size=args.image_size, fill_hole_area=0)
+        video = Path(tmp) / "frames"
+        video.mkdir()
+        masks = make_video(video, args.frames)
+
+        print(f"{args.preset} at {args.image_size}, {args.frames} frames 480x640, {args.device}, "
+              f"torch threads {torch.get_num_threads()}")
+        print("objects  official fps  ours fps  speed-up  official peak MiB  ours peak MiB  max |logit diff|")
+        for num_objects in args.objects:
+            with torch.inference_mode():
+                official_fps, official_peak, expected = run_session(official, video, masks, num_objects, args.device)
+                ours_fps, ours_peak, got = run_session(ours, video, masks, num_objects, args.device)
+            max_diff = max((a - b).abs().max().item() for a, b in zip(got, expected))
+            print(f"{num_objects:7d}  {official_fps:12.3f}  {ours_fps:8.3f}  {ours_fps / official_fps:7.2f}x"
+                  f"  {official_peak / 2**20:17.0f}  {ours_peak / 2**20:13.0f}  {max_diff:16.2e}")
+
+
+if __name__ == "__main__":
+    main()
