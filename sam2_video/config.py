@@ -20,8 +20,16 @@ import yaml
 from sam2_video.errors import UserInputError
 
 MODEL_KINDS = ("sam2", "stcn")
+STCN_KEY_BACKBONES = (18, 50)
 DATASET_TYPES = ("video", "coco", "vos", "sav", "synthetic")
 PROMPT_TYPES = ("point", "bbox", "mask")
+# what `dataset.data_path` must hold, per dataset_type
+DATA_PATH_CONTENTS = {
+    "video": "a folder of video folders of frames, <data_path>/<video>/<frame>.jpg",
+    "coco": "a COCO-video JSON file with images (video_id, order_in_video) and RLE annotations",
+    "vos": "a DAVIS-layout folder with JPEGImages/<video>/ and Annotations/<video>/",
+    "sav": "the SA-V frames folder, <data_path>/<video>/<frame>.jpg",
+}
 
 
 @dataclass
@@ -30,7 +38,9 @@ class ModelSection:
 
     sam2: `config_path` is a preset name (e.g. `sam2.1_hiera_t`) or an official config file,
     `checkpoint_path` official weights (None: random init). The `*_for_train` prompt-simulation
-    settings left at None keep the official SAM2 recipe's values. stcn: the `stcn_*` sizes.
+    settings left at None keep the official SAM2 recipe's values; `trainable_modules` applies to
+    sam2 only. stcn: the `stcn_*` sizes (`dataset.max_num_objects` is its maximum objects per
+    video) and `stcn_mem_every`, the memory interval of its video predictor (validation, predict).
     """
 
     model: str = "sam2"
@@ -46,9 +56,10 @@ class ModelSection:
     num_frames_to_correct_for_train: int | None = None
     num_correction_pt_per_frame: int | None = None
     prob_to_sample_from_gt_for_train: float | None = None
-    stcn_key_backbone: int = 50
+    stcn_key_backbone: int = 50  # ResNet depth of the key encoder: 50 (paper) or 18
     stcn_value_dim: int = 512
     stcn_decoder_dim: int = 512
+    stcn_mem_every: int = 5  # predictor: every N-th frame joins the permanent memory
 
 
 @dataclass
@@ -276,6 +287,16 @@ def _check_choice(source: str, key: str, value: str, choices: tuple[str, ...]) -
         raise UserInputError(f"{source}: '{key}' is {value!r}{hint} (expected one of {', '.join(choices)})")
 
 
+def _check_stcn(model: ModelSection, source: str) -> None:
+    if model.stcn_key_backbone not in STCN_KEY_BACKBONES:
+        raise UserInputError(f"{source}: 'model.stcn_key_backbone' must be 18 or 50, got {model.stcn_key_backbone}")
+    if model.image_size % 16 or model.image_size < 32:
+        raise UserInputError(f"{source}: 'model.image_size' must be a multiple of 16 (at least 32) for stcn, got {model.image_size}")
+    for key in ("stcn_value_dim", "stcn_decoder_dim", "stcn_mem_every"):
+        if getattr(model, key) < 1:
+            raise UserInputError(f"{source}: 'model.{key}' must be at least 1, got {getattr(model, key)}")
+
+
 def _check_values(config: RunConfig, source: str) -> None:
     """Value checks that need more than a type: choices, ranges, and paths that must exist."""
     _check_choice(source, "model.model", config.model.model, MODEL_KINDS)
@@ -317,13 +338,22 @@ def _check_values(config: RunConfig, source: str) -> None:
     ]:
         if value < 0:
             raise UserInputError(f"{source}: '{key}' must not be negative, got {value}")
-    if not config.model.trainable_modules:
+    if config.model.model == "sam2" and not config.model.trainable_modules:
         raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
+    if config.model.model == "stcn":
+        _check_stcn(config.model, source)
     if data.dataset_type != "synthetic":
+        expected = DATA_PATH_CONTENTS[data.dataset_type]
         if data.data_path is None:
-            raise UserInputError(f"{source}: 'dataset.data_path' is required for dataset_type {data.dataset_type!r}")
-        if not Path(data.data_path).exists():
-            raise UserInputError(f"{source}: 'dataset.data_path' {data.data_path} does not exist")
+            raise UserInputError(
+                f"{source}: 'dataset.data_path' is required for dataset_type {data.dataset_type!r} ({expected})"
+            )
+        path = Path(data.data_path)
+        if not path.exists():
+            raise UserInputError(f"{source}: 'dataset.data_path' {path} does not exist (expected {expected})")
+        if path.is_dir() != (data.dataset_type != "coco"):
+            kind = "a folder" if path.is_dir() else "a file"
+            raise UserInputError(f"{source}: 'dataset.data_path' {path} is {kind}; expected {expected}")
     if data.dataset_type == "sav" and data.annotations_path is None:
         raise UserInputError(f"{source}: dataset_type 'sav' needs 'dataset.annotations_path' (folder of <video>_manual.json)")
     folders = [("dataset.val_data_path", data.val_data_path), ("dataset.prompts_dir", data.prompts_dir),

@@ -132,7 +132,6 @@ def test_loss_drops_empty_slots_and_backpropagates():
     terms["core_loss"].backward()
     grads = [p.grad for p in train_model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert loss.step == 1
 
 
 def test_training_under_bfloat16_autocast_stays_finite():

@@ -10,16 +10,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.utils.data import Dataset
 
 from sam2_video.config import DataSection, ModelSection, RunConfig, load_config
 from sam2_video.data import (
+    ClipDataset,
     ClipTransform,
     COCOVideoDataset,
     SAVJsonDataset,
@@ -30,9 +30,11 @@ from sam2_video.data import (
     VideoDataset,
     VOSFolderDataset,
     collate_fn,
+    stcn_max_jump,
 )
 from sam2_video.io import atomic_path
 from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
+from sam2_video.train.stcn_loss import STCNLoss
 from sam2_video.train.trainer import (
     LossFn,
     NonFiniteLossError,
@@ -62,8 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from train.out_dir/last.pt exactly")
 
 
-def build_train_dataset(config: RunConfig) -> Dataset:
-    """The training clips of `config.dataset`, sampled and augmented for `config.model`'s recipe."""
+def build_train_dataset(config: RunConfig) -> ClipDataset:
+    """The training clips of `config.dataset`, sampled and augmented for `config.model`'s recipe.
+
+    `data_path` is, per `dataset_type`: vos, the DAVIS-layout folder; coco, the COCO-video JSON
+    (images under `image_root`, default the JSON's folder); sav, the frames folder (masklets in
+    `annotations_path`); video, the folder of frame folders (objects generated on the frames).
+    """
     data, model = config.dataset, config.model
     if model.model == "sam2":
         clip_sampler = SAM2ClipSampler(num_frames=data.video_clip_length, max_num_objects=data.max_num_objects)
@@ -89,7 +96,7 @@ def build_train_dataset(config: RunConfig) -> Dataset:
     if data.dataset_type == "coco":
         return COCOVideoDataset(data.data_path, image_root=data.image_root, **common)
     if data.dataset_type == "sav":
-        return SAVJsonDataset(data.data_path, data.annotations_path, **common)
+        return SAVJsonDataset(data.data_path, data.annotations_path, annotation_kind="manual", **common)
     return VideoDataset(data.data_path, **common)
 
 
@@ -103,7 +110,7 @@ def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -
             key_backbone=model_section.stcn_key_backbone,
             value_dim=model_section.stcn_value_dim,
             decoder_dim=model_section.stcn_decoder_dim,
-            max_objects=max(data.max_num_objects, 1),
+            max_objects=data.max_num_objects,
         ))
     from sam2_video.model.sam2_train import SAM2Model
 
@@ -123,10 +130,9 @@ def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -
 
 
 def build_loss(config: RunConfig, total_steps: int) -> LossFn:
-    """`loss(outputs, batch)` for the model kind: the SAM2 multi-step loss or STCN's bootstrapped CE."""
+    """`loss(outputs, batch)` for the model kind: the SAM2 multi-step loss or STCN's bootstrapped CE
+    (its warm-up placed over `total_steps` optimizer steps; give the trainer `on_step_start=loss.set_step`)."""
     if config.model.model == "stcn":
-        from sam2_video.train.stcn_loss import STCNLoss
-
         return STCNLoss.for_total_steps(total_steps)
     train = config.train
     loss = MultiStepMultiMaskLoss(
@@ -151,7 +157,8 @@ def build_validator(config: RunConfig) -> Validator | None:
     if config.model.model == "stcn":
         from sam2_video.train.validate import validate_stcn
 
-        return lambda model, out_dir=None: validate_stcn(model, val_root, out_dir=out_dir)
+        mem_every = config.model.stcn_mem_every
+        return lambda model, out_dir=None: validate_stcn(model, val_root, mem_every=mem_every, out_dir=out_dir)
     from sam2_video.train.validate import validate_sam2
 
     image_size = config.model.image_size
@@ -170,8 +177,17 @@ def _init_distributed() -> bool:
     return True
 
 
-def train(config: RunConfig, resume: bool = False, validate: Validator | None = None) -> TrainResult:
-    """Fine-tune as `config` says (the Python entry point behind `sam2-video train`).
+def stcn_max_jump_curriculum(clip_sampler: STCNClipSampler, epochs: int) -> Callable[[int], None]:
+    """Per-epoch hook: `clip_sampler.max_jump = stcn_max_jump(epoch / epochs)`."""
+
+    def set_max_jump(epoch: int) -> None:
+        clip_sampler.max_jump = stcn_max_jump(epoch / epochs)
+
+    return set_max_jump
+
+
+def build_trainer(config: RunConfig, validate: Validator | None = None) -> Trainer:
+    """Dataset, model, loss, validator and the STCN schedules wired into a `Trainer`.
 
     `validate` replaces the validator built from `dataset.val_data_path`.
     """
@@ -182,9 +198,16 @@ def train(config: RunConfig, resume: bool = False, validate: Validator | None = 
     steps = config.train.epochs * optimizer_steps_per_epoch(
         len(dataset), config.dataset.batch_size, config.train.grad_accumulation, world_size
     )
-    trainer = Trainer(
+    loss = build_loss(config, steps)
+    stcn_hooks: dict[str, Callable[[int], None]] = {}
+    if isinstance(loss, STCNLoss):
+        stcn_hooks = dict(
+            on_epoch_start=stcn_max_jump_curriculum(dataset.clip_sampler, config.train.epochs),
+            on_step_start=loss.set_step,
+        )
+    return Trainer(
         model,
-        build_loss(config, steps),
+        loss,
         dataset,
         config.train,
         batch_size=config.dataset.batch_size,
@@ -193,8 +216,17 @@ def train(config: RunConfig, resume: bool = False, validate: Validator | None = 
         collate_fn=collate_fn,
         validate=validate if validate is not None else build_validator(config),
         run_config=config.to_dict(),
+        **stcn_hooks,
     )
-    if rank == 0:
+
+
+def train(config: RunConfig, resume: bool = False, validate: Validator | None = None) -> TrainResult:
+    """Fine-tune as `config` says (the Python entry point behind `sam2-video train`).
+
+    `validate` replaces the validator built from `dataset.val_data_path`.
+    """
+    trainer = build_trainer(config, validate)
+    if trainer.is_main:
         with atomic_path(Path(config.train.out_dir) / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return trainer.fit(resume=resume)

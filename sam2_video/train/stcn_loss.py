@@ -51,15 +51,18 @@ class BootstrappedCE:
 class STCNLoss:
     """`loss(outputs, batch) -> {"core_loss", "loss_frame_N"..., "kept_fraction"}` for the trainer.
 
-    The step of the warm-up schedule counts the calls made with gradients enabled (training
-    forward passes, so micro-batches under gradient accumulation; validation runs under no_grad).
-    Build it with `STCNLoss.for_total_steps(n)`, n = training forward passes, to place the warm-up
-    where STCN does relative to the length of training.
+    `step`, the position in the warm-up schedule, is the trainer's count of optimizer steps done:
+    pass `on_step_start=loss.set_step` to the `Trainer`, which restores the count on resume.
+    Build it with `STCNLoss.for_total_steps(n)`, n = optimizer steps of the run, to place the
+    warm-up where STCN does relative to the length of training.
     """
 
     def __init__(self, start_warm: int, end_warm: int, top_p: float = 0.15) -> None:
         self.criterion = BootstrappedCE(start_warm, end_warm, top_p)
         self.step = 0
+
+    def set_step(self, step: int) -> None:
+        self.step = step
 
     @classmethod
     def for_total_steps(cls, total_steps: int, top_p: float = 0.15) -> "STCNLoss":
@@ -75,8 +78,6 @@ class STCNLoss:
             total = total + losses[f"loss_frame_{t}"]
         losses[CORE_LOSS_KEY] = total
         losses["kept_fraction"] = torch.tensor(self.criterion.kept_fraction(self.step))
-        if torch.is_grad_enabled():
-            self.step += 1
         return losses
 
 

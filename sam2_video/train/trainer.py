@@ -153,6 +153,11 @@ class Trainer:
     validate: `validate(model) -> {"J&F": ...}` run on rank 0 every `val_every_epochs` /
     `val_every_steps`; `best.pt` keeps the checkpoint with the highest `best_metric`.
     run_config: the resolved run config, stored in every checkpoint.
+    on_epoch_start: called with the epoch index before the epoch's clips are loaded (also when
+    resuming part-way into it), e.g. to set a clip sampler's curriculum; loader workers start after it.
+    on_step_start: called with the number of optimizer steps done before each step's first forward
+    pass, e.g. for a loss whose schedule follows training progress; resumed runs call it with the
+    restored count.
     Under `torchrun` (process group initialised) the model is wrapped in DDP, the data sharded,
     and only rank 0 writes logs and checkpoints to `settings.out_dir`.
     """
@@ -171,12 +176,16 @@ class Trainer:
         validate: Validator | None = None,
         best_metric: str = "J&F",
         run_config: dict[str, Any] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
+        on_step_start: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.loss_fn = loss_fn
         self.validate = validate
         self.best_metric = best_metric
         self.run_config = run_config
+        self.on_epoch_start = on_epoch_start
+        self.on_step_start = on_step_start
         self.out_dir = Path(settings.out_dir)
         self.rank, self.world_size = distributed_rank_and_size()
         self.is_main = self.rank == 0
@@ -330,6 +339,8 @@ class Trainer:
     def _train_epoch(self, progress) -> list[dict[str, float]]:
         settings = self.settings
         accumulation = settings.grad_accumulation
+        if self.on_epoch_start is not None:
+            self.on_epoch_start(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.batches_done * self.loader.batch_size)
         history = []
         step_terms: dict[str, float] = {}
@@ -337,6 +348,8 @@ class Trainer:
         for batch_index, batch in enumerate(self.loader, start=self.batches_done):
             if batch_index >= self.batches_per_epoch:
                 break
+            if self.on_step_start is not None and batch_index % accumulation == 0:
+                self.on_step_start(self.step)
             is_step_end = (batch_index + 1) % accumulation == 0
             terms = self._forward_backward(batch, batch_index, sync_gradients=is_step_end)
             for key, value in terms.items():
