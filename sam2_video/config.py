@@ -39,8 +39,9 @@ class ModelSection:
     sam2: `config_path` is a preset name (e.g. `sam2.1_hiera_t`) or an official config file,
     `checkpoint_path` official weights (None: random init). The `*_for_train` prompt-simulation
     settings left at None keep the official SAM2 recipe's values; `trainable_modules` applies to
-    sam2 only. stcn: the `stcn_*` sizes (`dataset.max_num_objects` is its maximum objects per
-    video) and `stcn_mem_every`, the memory interval of its video predictor (validation, predict).
+    sam2 only. stcn: the `stcn_*` sizes, `stcn_max_objects` (objects per tracked video; training
+    clips hold up to `dataset.max_num_objects`) and `stcn_mem_every`, the memory interval of its
+    video predictor (validation, predict).
     """
 
     model: str = "sam2"
@@ -59,6 +60,7 @@ class ModelSection:
     stcn_key_backbone: int = 50  # ResNet depth of the key encoder: 50 (paper) or 18
     stcn_value_dim: int = 512
     stcn_decoder_dim: int = 512
+    stcn_max_objects: int = 20
     stcn_mem_every: int = 5  # predictor: every N-th frame joins the permanent memory
 
 
@@ -287,14 +289,19 @@ def _check_choice(source: str, key: str, value: str, choices: tuple[str, ...]) -
         raise UserInputError(f"{source}: '{key}' is {value!r}{hint} (expected one of {', '.join(choices)})")
 
 
-def _check_stcn(model: ModelSection, source: str) -> None:
+def _check_stcn(model: ModelSection, data: DataSection, source: str) -> None:
     if model.stcn_key_backbone not in STCN_KEY_BACKBONES:
         raise UserInputError(f"{source}: 'model.stcn_key_backbone' must be 18 or 50, got {model.stcn_key_backbone}")
     if model.image_size % 16 or model.image_size < 32:
         raise UserInputError(f"{source}: 'model.image_size' must be a multiple of 16 (at least 32) for stcn, got {model.image_size}")
-    for key in ("stcn_value_dim", "stcn_decoder_dim", "stcn_mem_every"):
+    for key in ("stcn_value_dim", "stcn_decoder_dim", "stcn_max_objects", "stcn_mem_every"):
         if getattr(model, key) < 1:
             raise UserInputError(f"{source}: 'model.{key}' must be at least 1, got {getattr(model, key)}")
+    if data.max_num_objects > model.stcn_max_objects:
+        raise UserInputError(
+            f"{source}: 'dataset.max_num_objects' {data.max_num_objects} exceeds 'model.stcn_max_objects' "
+            f"{model.stcn_max_objects}, the most objects the STCN handles per video"
+        )
 
 
 def _check_values(config: RunConfig, source: str) -> None:
@@ -341,7 +348,7 @@ def _check_values(config: RunConfig, source: str) -> None:
     if config.model.model == "sam2" and not config.model.trainable_modules:
         raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
     if config.model.model == "stcn":
-        _check_stcn(config.model, source)
+        _check_stcn(config.model, data, source)
     if data.dataset_type != "synthetic":
         expected = DATA_PATH_CONTENTS[data.dataset_type]
         if data.data_path is None:

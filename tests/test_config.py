@@ -71,6 +71,11 @@ def test_overrides_are_typed_and_the_resolved_config_round_trips(tmp_path: Path)
         (["dataset.dataset_type=davis"], "expected one of video, coco, vos, sav, synthetic"),
         (["dataset.dataset_type=vos", "dataset.data_path=/no/such/folder"], "'dataset.data_path' /no/such/folder does not exist"),
         (["model.image_size=256", "dataset.image_size=[512,512]"], "differs from 'model.image_size' 256"),
+        (["model.model=stcn", "model.image_size=100"], "multiple of 16 (at least 32) for stcn, got 100"),
+        (["model.model=stcn", "model.stcn_key_backbone=34"], "'model.stcn_key_backbone' must be 18 or 50, got 34"),
+        (["model.model=stcn", "model.stcn_max_objects=2", "dataset.max_num_objects=3"],
+         "'dataset.max_num_objects' 3 exceeds 'model.stcn_max_objects' 2"),
+        (["dataset.dataset_type=coco", f"dataset.data_path={REPO_ROOT / 'configs'}"], "is a folder; expected a COCO-video JSON"),
     ],
 )
 def test_bad_config_names_the_problem(overrides: list[str], expected: str) -> None:
@@ -86,7 +91,7 @@ def test_unknown_key_in_file_names_the_file_and_closest_key(tmp_path: Path) -> N
     assert str(path) in str(err.value) and "did you mean 'train.grad_clip'" in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "davis.yaml", "coco.yaml", "bcss_explicit_prompts.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "davis.yaml", "coco.yaml", "bcss_explicit_prompts.yaml", "stcn_davis.yaml"])
 def test_shipped_configs_have_only_valid_keys(name: str) -> None:
     raw = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
     valid = RunConfig().to_dict()

@@ -151,6 +151,39 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) ->
     assert (tmp_path / "resumed" / "loss_curve.png").stat().st_size > 0
 
 
+class LevelledClips(ToyClips):
+    """Toy clips whose video names carry the dataset's `level`, an attribute set between epochs."""
+
+    level = 0
+
+    def __getitem__(self, index: int) -> dict:
+        return {**super().__getitem__(index), "video_name": f"level{self.level}"}
+
+
+def test_epoch_and_step_hooks_reach_the_loader_workers_and_resume(tmp_path: Path) -> None:
+    clips = LevelledClips(4)
+    seen: list[tuple[int, list[str]]] = []  # (step hook value, video names of the batch)
+    hook_steps: list[int] = []
+    loss = toy_loss()
+
+    def recording_loss(outputs, batch):
+        seen.append((hook_steps[-1], batch.video_names))
+        return loss(outputs, batch)
+
+    def make(loss_fn):
+        seed_everything(123)
+        return Trainer(ToyTracker(), loss_fn, clips, toy_settings(tmp_path, epochs=3, grad_accumulation=2, checkpoint_every_steps=1),
+                       batch_size=1, num_workers=2, collate_fn=collate_toy,
+                       on_epoch_start=lambda epoch: setattr(clips, "level", 10 * epoch),
+                       on_step_start=hook_steps.append)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        make(CrashAtCall(recording_loss, crash_at=7)).fit()  # 2 steps per epoch: dies in the 4th step
+    make(recording_loss).fit(resume=True)  # from last.pt after 3 steps, in the middle of epoch 1
+    # each optimizer step's two batches see the count of steps before it, and the epoch's level
+    assert seen == [(step, [f"level{10 * (step // 2)}"]) for step in [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]]
+
+
 def test_clips_do_not_depend_on_the_number_of_loader_workers(tmp_path: Path) -> None:
     in_process = make_trainer(tmp_path / "w0", num_clips=4, epochs=1).fit()
     with_workers = make_trainer(tmp_path / "w2", num_clips=4, num_workers=2, epochs=1).fit()

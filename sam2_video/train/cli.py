@@ -110,7 +110,7 @@ def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -
             key_backbone=model_section.stcn_key_backbone,
             value_dim=model_section.stcn_value_dim,
             decoder_dim=model_section.stcn_decoder_dim,
-            max_objects=data.max_num_objects,
+            max_objects=model_section.stcn_max_objects,
         ))
     from sam2_video.model.sam2_train import SAM2Model
 
