@@ -7,6 +7,7 @@ runs this; the process group is set up here (NCCL on GPUs, gloo on CPUs).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -243,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         if created_group:
+            # The DDP wrapper keeps the gloo process group alive; matplotlib's frames put the trainer in a
+            # reference cycle, so free it now: freed at interpreter exit, gloo's threads abort the process.
+            gc.collect()
             dist.destroy_process_group()
     if rank == 0:
         best = result.best_meter_values
