@@ -347,6 +347,11 @@ def _check_values(config: RunConfig, source: str) -> None:
             raise UserInputError(f"{source}: '{key}' must not be negative, got {value}")
     if config.model.model == "sam2" and not config.model.trainable_modules:
         raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
+    if config.model.feature_cache_frames > 0 and data.augment:
+        raise UserInputError(
+            f"{source}: 'model.feature_cache_frames' {config.model.feature_cache_frames} needs "
+            "'dataset.augment: false': a cached frame's features would belong to another augmentation of it"
+        )
     if config.model.model == "stcn":
         _check_stcn(config.model, data, source)
     if data.dataset_type != "synthetic":

@@ -3,7 +3,7 @@
 1. generates synthetic videos in DAVIS layout (`OUT/data/train`, `OUT/data/val`);
 2. scores, on the held-out videos, the untrained model and the copy-the-first-mask baseline;
 3. trains a tiny model from random weights with the regular trainer (`OUT/train`: checkpoints,
-   logs, loss curve), validating J&F every epoch and keeping `best.pt`;
+   logs, loss curve), validating J&F every other epoch and keeping `best.pt`;
 4. scores the trained model, writes every prediction as palettized PNGs
    (`OUT/eval/<untrained|copy_first_mask|finetuned>/<video>/<frame>.png`) and `OUT/report.json`.
 """
@@ -109,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
     print("[4/4] scoring the trained model")
     trained = build_model(config.model, config.dataset, verbose=False)
-    best = Path(config.train.out_dir) / "best.pt"
-    checkpoint = load_training_checkpoint(best if best.is_file() else result.out_dir / "last.pt")
-    trained.load_state_dict(checkpoint["model"])
+    # the final weights, not best.pt: that one was chosen on these same held-out videos
+    final = result.out_dir / "last.pt"
+    trained.load_state_dict(load_training_checkpoint(final)["model"])
     jf_finetuned = validate(trained, out / "eval" / "finetuned")["J&F"]
 
     report = {
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         "jf_finetuned": jf_finetuned,
         "train_seconds": round(train_seconds, 1),
         "train_steps": result.steps,
-        "checkpoint": str(best if best.is_file() else result.out_dir / "last.pt"),
+        "checkpoint": str(final),
     }
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))

@@ -121,6 +121,18 @@ def test_invalid_rle(tmp_path):
         uncompressed[0]
 
 
+@pytest.mark.parametrize("segmentation, message", [
+    ({"size": [12, 16], "counts": ""}, "runs do not cover the 12x16 frame"),  # pycocotools decodes junk pixels
+    ({"size": [12, 16], "counts": "0"}, "runs do not cover the 12x16 frame"),
+    ({"size": [12, 16], "counts": "V148000"}, "runs do not cover the 12x16 frame"),  # a valid string, cut short
+    ([[1.0, 1.0, 5.0, 5.0]], "invalid segmentation"),  # a polygon of 2 points
+])
+def test_rle_that_pycocotools_would_accept_silently(tmp_path, segmentation, message):
+    dataset = COCOVideoDataset(coco_json(tmp_path, segmentation), transform=ClipTransform(16))
+    with pytest.raises(UserInputError, match=rf"coco\.json \(annotation 3, image id 1\): .*{message}"):
+        dataset[0]
+
+
 def test_json_missing_required_keys(tmp_path):
     with pytest.raises(UserInputError, match=r"coco\.json: images\[0\] is missing required key\(s\) 'video_id'"):
         COCOVideoDataset(coco_json(tmp_path, [[0, 0, 5, 0, 5, 5]], drop="video_id"))

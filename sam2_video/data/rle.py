@@ -33,7 +33,10 @@ def decode_segmentation(segmentation: Any, height: int, width: int, source: str)
         else:
             raise ValueError("expected an RLE dict with 'size' and 'counts' or a list of polygons")
         mask = mask_utils.decode(rle)
-    except (ValueError, TypeError, KeyError) as err:
+        if isinstance(rle, dict) and mask_utils.encode(mask)["counts"] != rle["counts"]:
+            # pycocotools decodes truncated or corrupt strings without complaint (into uninitialised pixels)
+            raise ValueError(f"its runs do not cover the {rle_height}x{rle_width} frame exactly")
+    except Exception as err:  # pycocotools raises bare Exception, e.g. for a polygon of fewer than 3 points
         raise UserInputError(f"{source}: invalid segmentation, cannot decode it as COCO RLE or polygons ({err})") from err
     if mask.shape != (height, width):
         raise UserInputError(f"{source}: the segmentation is {mask.shape[1]}x{mask.shape[0]} but the frame is {width}x{height}")

@@ -14,6 +14,7 @@ Shapes: O = objects, H x W = video size, S = model image size.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from sam2_video.errors import UserInputError
-from sam2_video.model.stcn import STCN, KeyFeatures, aggregate, get_affinity
+from sam2_video.model.stcn import STCN, KeyFeatures, STCNConfig, aggregate, get_affinity
 from sam2_video.predict.frames import load_video_frames
+from sam2_video.train.checkpoint import load_training_checkpoint
 
 # mask score of an object that has no output on a frame (the SAM2 predictor's placeholder value)
 NO_OBJ_SCORE = -1024.0
@@ -226,6 +228,50 @@ class STCNVideoPredictor:
             margins = F.interpolate(margins, size=(height, width), mode="bilinear", align_corners=False)
             out[obj_idxs] = margins
         return out
+
+
+def build_stcn_video_predictor(
+    checkpoint: str | os.PathLike | None, device: str = "cpu", image_size: int | None = None
+) -> STCNVideoPredictor:
+    """An `STCNVideoPredictor` on the weights of an STCN training checkpoint (`last.pt` / `best.pt` of
+    `sam2-video train` with `model: stcn`), whose stored config gives the sizes and `stcn_mem_every`.
+
+    `image_size` (a multiple of 16) replaces the trained size; memory and decoder work at any size.
+    """
+    if checkpoint is None:
+        raise UserInputError(
+            "STCN has no pretrained weights to fall back on: give --checkpoint with a training checkpoint "
+            "(last.pt or best.pt) of `sam2-video train` with model: stcn"
+        )
+    loaded = load_training_checkpoint(checkpoint)
+    model_config = (loaded.get("config") or {}).get("model") or {}
+    if model_config.get("model") != "stcn":
+        kind = model_config.get("model", "no model config (exported weights?)")
+        raise UserInputError(
+            f"{checkpoint}: not an STCN training checkpoint (it holds {kind}); give last.pt or best.pt "
+            "of a `sam2-video train` run with model: stcn"
+        )
+    try:
+        config = STCNConfig(
+            image_size=image_size if image_size is not None else model_config["image_size"],
+            key_backbone=model_config["stcn_key_backbone"],
+            value_dim=model_config["stcn_value_dim"],
+            decoder_dim=model_config["stcn_decoder_dim"],
+            max_objects=model_config["stcn_max_objects"],
+        )
+    except ValueError as err:
+        raise UserInputError(f"{checkpoint}: {err}") from None
+    model = STCN(config)
+    try:
+        result = model.load_state_dict(loaded["model"], strict=False)
+    except RuntimeError as err:  # shapes differ
+        raise UserInputError(f"{checkpoint}: its weights do not fit the STCN its config describes: {err}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise UserInputError(
+            f"{checkpoint}: its weights do not match the STCN its config describes: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return STCNVideoPredictor(model.to(device), mem_every=model_config["stcn_mem_every"])
 
 
 def _check_frame_idx(state: InferenceState, frame_idx: Any, what: str = "frame_idx") -> int:

@@ -1,7 +1,7 @@
 """Training checkpoints: atomic writes, loading with clear errors, and the RNG states for exact resume.
 
 A training checkpoint (`last.pt`, `best.pt`) is a dict with keys
-`model` (full state dict), `optimizer`, `scheduler`, `scaler`, `epoch` (epochs finished),
+`model` (full state dict), `optimizer`, `scheduler`, `epoch` (epochs finished),
 `batches_in_epoch` (batches of the current epoch consumed), `steps` (optimizer steps),
 `loss` (last logged loss terms), `time_elapsed` (training seconds), `best_meter_values`
 (e.g. {"J&F": 71.3, "step": 400}), `config` (the resolved `RunConfig.to_dict()`), `rng`

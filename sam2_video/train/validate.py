@@ -1,10 +1,11 @@
-"""Validation of a SAM2 model during fine-tuning: semi-supervised VOS on held-out videos, scored by J&F.
+"""Validation during training (SAM2 or STCN): semi-supervised VOS on held-out videos, scored by J&F.
 
 Each video of a DAVIS-layout folder (`JPEGImages/<video>/<frame>.jpg`, `Annotations/<video>/<frame>.png`)
-is tracked by the video predictor from its annotation: every object gets its mask on the first
-annotated frame where it appears and is tracked from there on (objects appearing later start on
-their own first frame, as the official `vos_inference.py` does). Predictions are written as
-palettized PNGs (smaller object ids on top) and scored with the DAVIS evaluator.
+is tracked by the video predictor from its annotation, exactly as `sam2-video predict --annotations`
+does: every object gets its mask on the first annotated frame where it appears and is tracked from
+there on (SAM2: objects appearing later start on their own first frame, as the official
+`vos_inference.py` does; STCN adds them to its running pass). Predictions are written as palettized
+PNGs (each pixel: the object with the highest logit, if > 0) and scored with the DAVIS evaluator.
 """
 from __future__ import annotations
 
@@ -12,29 +13,19 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from typing import Callable
+
 import torch
+from torch import nn
 
 from sam2_video.errors import UserInputError
 from sam2_video.evaluate.davis import evaluate_davis
 from sam2_video.model.sam2 import SAM2
-from sam2_video.predict.masks_io import VOID_ID, read_mask_png, write_palette_png
+from sam2_video.model.stcn import STCN
+from sam2_video.predict.masks_io import write_palette_png
+from sam2_video.predict.stcn_predictor import STCNVideoPredictor
+from sam2_video.predict.tracking import VideoPredictor, check_prompts, mask_prompts_from_annotations, track_video
 from sam2_video.predict.video_predictor import SAM2VideoPredictor
-
-
-def _first_appearances(annotation_folder: Path) -> dict[int, dict[int, np.ndarray]]:
-    """{frame_index: {object_id: mask [H,W] bool}} for each object on the first annotated frame it appears on.
-
-    Frame indices count the PNGs in name order, which must match the video's frames.
-    """
-    first: dict[int, dict[int, np.ndarray]] = {}
-    seen: set[int] = set()
-    for index, png in enumerate(sorted(annotation_folder.glob("*.png"))):
-        ids = read_mask_png(png)
-        for obj_id in sorted(set(np.unique(ids).tolist()) - {0, VOID_ID} - seen):
-            first.setdefault(index, {})[obj_id] = ids == obj_id
-            seen.add(obj_id)
-    return first
 
 
 def _video_folders(val_root: Path) -> list[tuple[Path, Path]]:
@@ -54,34 +45,58 @@ def _video_folders(val_root: Path) -> list[tuple[Path, Path]]:
 
 
 def predict_video(
-    predictor: SAM2VideoPredictor, frames_folder: Path, annotation_folder: Path, out_folder: Path
+    predictor: VideoPredictor,
+    frames_folder: Path,
+    annotation_folder: Path,
+    out_folder: Path,
+    objects_start_together: bool = False,
 ) -> None:
-    """Track the annotated objects of one video and write `out_folder/<frame>.png` for every frame."""
-    first = _first_appearances(annotation_folder)
+    """Track the annotated objects of one video and write `out_folder/<frame>.png` for every frame.
+
+    Every object is prompted with its mask on the first annotation (named like its frame) where it
+    appears; `objects_start_together` as in `track_video` (True for STCN).
+    """
     state = predictor.init_state(str(frames_folder))
-    height, width = state["video_height"], state["video_width"]
-    num_frames = state["num_frames"]
-    predicted: list[dict[int, np.ndarray]] = [{} for _ in range(num_frames)]
-    for start, masks in sorted(first.items()):
-        if start >= num_frames:
-            raise UserInputError(
-                f"{annotation_folder}: annotation {start} has no frame in {frames_folder} ({num_frames} frames)"
-            )
-        predictor.reset_state(state)
-        for obj_id, mask in masks.items():
-            if mask.shape != (height, width):
-                raise UserInputError(
-                    f"{annotation_folder}: masks are {mask.shape[1]}x{mask.shape[0]} but frames are {width}x{height}"
-                )
-            predictor.add_new_mask(state, start, obj_id, mask)
-        for frame_idx, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start):
-            for obj_id, obj_logits in zip(obj_ids, logits):
-                predicted[frame_idx][obj_id] = (obj_logits[0] > 0).cpu().numpy()
-    for frame_idx, name in enumerate(state["frame_names"]):
-        ids = np.zeros((height, width), dtype=np.uint8)
-        for obj_id in sorted(predicted[frame_idx], reverse=True):  # smaller ids end on top
-            ids[predicted[frame_idx][obj_id]] = obj_id
-        write_palette_png(out_folder / f"{name}.png", ids)
+    frame_names = state["frame_names"]
+    prompts = mask_prompts_from_annotations(
+        annotation_folder, frame_names, (state["video_height"], state["video_width"]), frames_folder
+    )
+    check_prompts(prompts, state, frames_folder, frame_names)
+    for frame_idx, ids in track_video(predictor, state, prompts, objects_start_together):
+        write_palette_png(out_folder / f"{frame_names[frame_idx]}.png", ids)
+
+
+def _validate(
+    model: nn.Module,
+    make_predictor: Callable[[], VideoPredictor],
+    val_root: Path,
+    out_dir: str | os.PathLike | None,
+    objects_start_together: bool,
+) -> dict[str, float]:
+    """Predict every video of `val_root` with `make_predictor()` (a predictor on `model`, which it puts
+    in eval mode) and score it; the model is left in the train/eval mode it had."""
+    videos = _video_folders(val_root)
+    was_training = model.training
+    try:
+        predictor = make_predictor()
+        with tempfile.TemporaryDirectory(prefix="sam2_video_val_") as tmp:
+            pred_root = Path(out_dir) if out_dir is not None else Path(tmp)
+            with torch.no_grad():
+                for frames_folder, annotation_folder in videos:
+                    predict_video(predictor, frames_folder, annotation_folder, pred_root / annotation_folder.name,
+                                  objects_start_together)
+            summary = evaluate_davis(val_root / "Annotations", pred_root,
+                                     sequences=[a.name for _, a in videos]).summary()
+    finally:
+        model.train(was_training)
+    return {"J&F": summary["J&F-Mean"], "J": summary["J-Mean"], "F": summary["F-Mean"]}
+
+
+def _existing_folder(val_root: str | os.PathLike) -> Path:
+    val_root = Path(val_root)
+    if not val_root.is_dir():
+        raise UserInputError(f"validation data folder not found: {val_root}")
+    return val_root
 
 
 def validate_sam2(
@@ -93,24 +108,19 @@ def validate_sam2(
     go to `out_dir/<video>/<frame>.png` (a temporary folder when None). The model is left in the
     train/eval mode it had.
     """
-    val_root = Path(val_root)
-    if not val_root.is_dir():
-        raise UserInputError(f"validation data folder not found: {val_root}")
+    val_root = _existing_folder(val_root)
     if image_size != model.config.image_size:
         raise UserInputError(
             f"validate_sam2: image_size {image_size} differs from the model's {model.config.image_size}"
         )
-    videos = _video_folders(val_root)
-    was_training = model.training
-    try:
-        predictor = SAM2VideoPredictor(model)
-        with tempfile.TemporaryDirectory(prefix="sam2_val_") as tmp:
-            pred_root = Path(out_dir) if out_dir is not None else Path(tmp)
-            with torch.no_grad():
-                for frames_folder, annotation_folder in videos:
-                    predict_video(predictor, frames_folder, annotation_folder, pred_root / annotation_folder.name)
-            summary = evaluate_davis(val_root / "Annotations", pred_root,
-                                     sequences=[a.name for _, a in videos]).summary()
-    finally:
-        model.train(was_training)
-    return {"J&F": summary["J&F-Mean"], "J": summary["J-Mean"], "F": summary["F-Mean"]}
+    return _validate(model, lambda: SAM2VideoPredictor(model), val_root, out_dir, objects_start_together=False)
+
+
+def validate_stcn(
+    model: STCN, val_root: str | os.PathLike, mem_every: int, out_dir: str | os.PathLike | None = None
+) -> dict[str, float]:
+    """J&F of an STCN `model` on the held-out videos of `val_root` (DAVIS layout), all objects of a
+    video tracked in one pass with memory every `mem_every` frames; otherwise as `validate_sam2`."""
+    val_root = _existing_folder(val_root)
+    return _validate(model, lambda: STCNVideoPredictor(model, mem_every=mem_every), val_root, out_dir,
+                     objects_start_together=True)
