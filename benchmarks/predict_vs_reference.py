@@ -5,7 +5,9 @@ the same prompts (objects 1..3: a click, a box and a mask on frame 0), hole fill
 official code skips it on the CPU). Per object count it prints the propagation speed of each
 (frames/s, prompted frame included), our speed-up, peak memory during the session (CPU: peak
 RSS above the RSS before the session, Linux VmHWM; CUDA: torch.cuda.max_memory_allocated) and
-the largest logit difference between the two.
+the largest logit difference between the two; then the same for ours with memory features kept
+in float32 (`memory_in_bfloat16=False`), the cost of leaving the official bf16 storage.
+Each predictor runs one untimed session first, and the two take turns going first.
 
     python benchmarks/predict_vs_reference.py --image-size 512 --frames 10 --objects 1 3
 Needs the reference: pip install --no-deps sam2==1.1.0 hydra-core iopath
@@ -127,19 +129,30 @@ def main() -> None:
         torch.save({"model": official.state_dict()}, checkpoint)
         ours = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
                                           image_size=args.image_size, fill_hole_area=0)
+        ours_fp32 = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
+                                               image_size=args.image_size, fill_hole_area=0,
+                                               memory_in_bfloat16=False)
         video = Path(tmp) / "frames"
         video.mkdir()
         masks = make_video(video, args.frames)
 
         print(f"{args.preset} at {args.image_size}, {args.frames} frames 480x640, {args.device}, "
               f"torch threads {torch.get_num_threads()}")
-        print("objects  official fps  ours fps  speed-up  official peak MiB  ours peak MiB  max |logit diff|")
-        for num_objects in args.objects:
+        with torch.inference_mode():
+            for predictor in (official, ours, ours_fp32):  # warm-up: first-call costs fall on no one
+                run_session(predictor, video, masks, 1, args.device)
+        print("memory   objects  official fps  ours fps  speed-up  official peak MiB  ours peak MiB  max |logit diff|")
+        for row, (memory, predictor) in enumerate([(m, p) for m, p in (("bf16", ours), ("fp32", ours_fp32))
+                                                   for _ in args.objects]):
+            num_objects = args.objects[row % len(args.objects)]
+            sessions = {}
+            order = [("official", official), ("ours", predictor)]
             with torch.inference_mode():
-                official_fps, official_peak, expected = run_session(official, video, masks, num_objects, args.device)
-                ours_fps, ours_peak, got = run_session(ours, video, masks, num_objects, args.device)
+                for name, session_predictor in order if row % 2 == 0 else order[::-1]:
+                    sessions[name] = run_session(session_predictor, video, masks, num_objects, args.device)
+            (official_fps, official_peak, expected), (ours_fps, ours_peak, got) = sessions["official"], sessions["ours"]
             max_diff = max((a - b).abs().max().item() for a, b in zip(got, expected))
-            print(f"{num_objects:7d}  {official_fps:12.3f}  {ours_fps:8.3f}  {ours_fps / official_fps:7.2f}x"
+            print(f"{memory:>6}  {num_objects:8d}  {official_fps:12.3f}  {ours_fps:8.3f}  {ours_fps / official_fps:7.2f}x"
                   f"  {official_peak / 2**20:17.0f}  {ours_peak / 2**20:13.0f}  {max_diff:16.2e}")
 
 

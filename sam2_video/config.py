@@ -40,8 +40,9 @@ class ModelSection:
     `checkpoint_path` official weights (None: random init). The `*_for_train` prompt-simulation
     settings left at None keep the official SAM2 recipe's values; `trainable_modules` applies to
     sam2 only. stcn: the `stcn_*` sizes, `stcn_max_objects` (objects per tracked video; training
-    clips hold up to `dataset.max_num_objects`) and `stcn_mem_every`, the memory interval of its
-    video predictor (validation, predict).
+    clips hold up to `dataset.max_num_objects`), `stcn_mem_every`, the memory interval of its
+    video predictor (validation, predict), and optional torchvision ImageNet ResNet weights for
+    its encoders (`stcn_key_resnet_weights`, `stcn_value_resnet_weights`).
     """
 
     model: str = "sam2"
@@ -62,6 +63,8 @@ class ModelSection:
     stcn_decoder_dim: int = 512
     stcn_max_objects: int = 20
     stcn_mem_every: int = 5  # predictor: every N-th frame joins the permanent memory
+    stcn_key_resnet_weights: str | None = None  # torchvision resnet{50,18} ImageNet .pth for the key encoder
+    stcn_value_resnet_weights: str | None = None  # torchvision resnet18 ImageNet .pth for the value encoder
 
 
 @dataclass
@@ -74,6 +77,12 @@ class DataSection:
     synthetic data is generated in memory (`synthetic_videos` videos of `synthetic_frames` frames). `image_size` is an int or
     [height, width] and must match the model (None: the model's); `explicit_prompts` uses the
     dataset's own prompts as they are (seed 003: BCSS-style label maps with prompt files).
+
+    Prompts: SAM2's training recipe draws its own first prompt per clip (a mask, a box or a click,
+    then correction clicks); `prompt_types` says which of those kinds it may draw (see
+    `recipe_prompt_probabilities`). The generated-prompt settings `num_of_pos_points`,
+    `num_of_neg_points` and `include_center_point` shape the prompts the dataset makes for objects
+    that have none of their own when `explicit_prompts` is on.
     """
 
     dataset_type: str = "vos"
@@ -289,6 +298,24 @@ def _check_choice(source: str, key: str, value: str, choices: tuple[str, ...]) -
         raise UserInputError(f"{source}: '{key}' is {value!r}{hint} (expected one of {', '.join(choices)})")
 
 
+def recipe_prompt_probabilities(prompt_types: list[str]) -> dict[str, float]:
+    """The SAM2 recipe's probabilities that allow only `prompt_types` (point, bbox, mask) as a clip's
+    first prompt: `prob_to_use_pt_input_for_train` (clicks or a box rather than a mask) and
+    `prob_to_use_box_input_for_train` (a box rather than a click). A kind left free keeps the
+    official value, so all three kinds give {}."""
+    kinds = set(prompt_types)
+    probabilities = {}
+    if "mask" not in kinds:
+        probabilities["prob_to_use_pt_input_for_train"] = 1.0
+    elif not kinds & {"point", "bbox"}:
+        probabilities["prob_to_use_pt_input_for_train"] = 0.0
+    if "bbox" not in kinds:
+        probabilities["prob_to_use_box_input_for_train"] = 0.0
+    elif "point" not in kinds:
+        probabilities["prob_to_use_box_input_for_train"] = 1.0
+    return probabilities
+
+
 def _check_stcn(model: ModelSection, data: DataSection, source: str) -> None:
     if model.stcn_key_backbone not in STCN_KEY_BACKBONES:
         raise UserInputError(f"{source}: 'model.stcn_key_backbone' must be 18 or 50, got {model.stcn_key_backbone}")
@@ -302,6 +329,10 @@ def _check_stcn(model: ModelSection, data: DataSection, source: str) -> None:
             f"{source}: 'dataset.max_num_objects' {data.max_num_objects} exceeds 'model.stcn_max_objects' "
             f"{model.stcn_max_objects}, the most objects the STCN handles per video"
         )
+    for key in ("stcn_key_resnet_weights", "stcn_value_resnet_weights"):
+        path = getattr(model, key)
+        if path is not None and not Path(path).is_file():
+            raise UserInputError(f"{source}: 'model.{key}' {path} is not a file (expected a torchvision ResNet .pth)")
 
 
 def _check_values(config: RunConfig, source: str) -> None:
@@ -311,6 +342,15 @@ def _check_values(config: RunConfig, source: str) -> None:
     _check_choice(source, "dataset.dataset_type", data.dataset_type, DATASET_TYPES)
     for prompt_type in data.prompt_types:
         _check_choice(source, "dataset.prompt_types", prompt_type, PROMPT_TYPES)
+    if not data.prompt_types:
+        raise UserInputError(f"{source}: 'dataset.prompt_types' is empty; give some of {', '.join(PROMPT_TYPES)}")
+    for key, value in recipe_prompt_probabilities(data.prompt_types).items():
+        given = getattr(config.model, key)
+        if given is not None and given != value:
+            raise UserInputError(
+                f"{source}: 'model.{key}' {given} contradicts 'dataset.prompt_types' {data.prompt_types}, "
+                f"which needs {value}; change one of them"
+            )
     if data.image_size is not None:
         if len(data.image_size) != 2 or min(data.image_size) <= 0:
             raise UserInputError(f"{source}: 'dataset.image_size' must be a positive int or [height, width], got {data.image_size}")

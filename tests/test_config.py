@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sam2_video.config import RunConfig, load_config
+from sam2_video.config import RunConfig, load_config, recipe_prompt_probabilities
 from sam2_video.errors import UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +116,28 @@ def test_cli_reports_a_trainable_module_that_matches_nothing(capsys) -> None:
     with pytest.raises(UserInputError) as err:
         cli.run(args)
     assert "'memory_attenton' matches no module" in str(err.value) and "memory_attention" in str(err.value)
+
+
+@pytest.mark.parametrize(("prompt_types", "expected"), [
+    (["point"], {"prob_to_use_pt_input_for_train": 1.0, "prob_to_use_box_input_for_train": 0.0}),
+    (["bbox"], {"prob_to_use_pt_input_for_train": 1.0, "prob_to_use_box_input_for_train": 1.0}),
+    (["mask"], {"prob_to_use_pt_input_for_train": 0.0, "prob_to_use_box_input_for_train": 0.0}),
+    (["point", "bbox"], {"prob_to_use_pt_input_for_train": 1.0}),
+    (["point", "mask"], {"prob_to_use_box_input_for_train": 0.0}),
+    (["mask", "bbox", "point"], {}),
+])
+def test_prompt_types_choose_the_recipes_first_prompts(prompt_types: list[str], expected: dict) -> None:
+    assert recipe_prompt_probabilities(prompt_types) == expected
+
+
+def test_seed_002_point_prompts_reach_the_training_recipe() -> None:
+    from sam2_video.train.cli import build_model
+
+    config = load_config(None, ["dataset.dataset_type=synthetic", "model.config_path=sam2.1_tiny_test",
+                                "model.image_size=64", "dataset.prompt_types=[point]"])
+    recipe = build_model(config.model, config.dataset, verbose=False).recipe
+    assert recipe.prob_to_use_pt_input_for_train == 1.0 and recipe.prob_to_use_box_input_for_train == 0.0
+    with pytest.raises(UserInputError, match=r"'model.prob_to_use_box_input_for_train' 0.5 contradicts "
+                                             r"'dataset.prompt_types' \['point'\], which needs 0.0"):
+        load_config(None, ["dataset.dataset_type=synthetic", "dataset.prompt_types=[point]",
+                           "model.prob_to_use_box_input_for_train=0.5"])

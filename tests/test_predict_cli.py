@@ -146,7 +146,7 @@ def test_overlay_video_decodes_with_blended_colours(tmp_path: Path):
 
 # ---- prompts and tracking (fake predictor) ----
 
-def test_annotations_prompt_each_object_on_its_first_frame(tmp_path: Path, fake_predictor: FakePredictor):
+def test_annotations_prompt_each_object_on_its_first_frame(tmp_path: Path, fake_predictor: FakePredictor, capsys):
     video = write_frames(tmp_path / "frames", 6)
     annotations = tmp_path / "ann"
     first = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
@@ -162,6 +162,7 @@ def test_annotations_prompt_each_object_on_its_first_frame(tmp_path: Path, fake_
     assert [c for c in fake_predictor.calls if c[0] != "reset"] == [
         ("mask", 0, 1), ("propagate", 0), ("mask", 3, 2), ("propagate", 3)
     ]
+    assert "9/9" in capsys.readouterr().err  # the progress bar counts both passes: 6 + 3 frames
     assert sorted(p.name for p in out.iterdir()) == [f"{t:05d}.png" for t in range(6)]
     for t in range(6):
         ids = read_mask_png(out / f"{t:05d}.png")
@@ -285,3 +286,29 @@ def test_video_errors_from_the_real_predictor(tmp_path: Path):
     with pytest.raises(UserInputError, match=r"broken\.mp4: cannot decode"):
         predict(tmp_path / "broken.mp4")
     assert not (tmp_path / "out").exists()
+
+
+def test_annotations_with_the_real_predictor_write_each_prompt_mask_on_its_frame(tmp_path: Path):
+    """SAM2 outputs a given mask as it is on its own frame (use_mask_input_as_output_without_sam), so
+    with random weights the prompted frames still show where each object starts."""
+    video = write_frames(tmp_path / "frames", 5)
+    annotations = tmp_path / "ann"
+    first = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    first[square(8, 8, 16)] = 1
+    write_palette_png(annotations / "00000.png", first)
+    later = first.copy()
+    later[square(20, 36, 12)] = 3  # object 3 appears on frame 2
+    write_palette_png(annotations / "00002.png", later)
+    out = tmp_path / "out"
+    argv = ["--video", str(video), "--out", str(out), "--annotations", str(annotations),
+            "--config", "sam2.1_tiny_test", "--image-size", "64"]
+    assert run_predict(argv) == 0
+    predicted = [read_mask_png(out / f"{t:05d}.png") for t in range(5)]
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a & b).sum() / (a | b).sum())
+
+    # the mask passes through the model's 16x16 low-resolution output, which rounds its corners
+    assert iou(predicted[0] == 1, first == 1) > 0.85
+    assert not (predicted[0] == 3).any() and not (predicted[1] == 3).any()
+    assert iou(predicted[2] == 3, later == 3) > 0.85

@@ -218,9 +218,28 @@ def test_predictor_object_limit_and_bad_mask(model: STCN, video_folder: Path):
         predictor.add_new_mask(state, 0, 1, np.ones((48, 48), dtype=bool))
 
 
+def torchvision_resnet_keys(depth: int) -> set[str]:
+    """The state-dict keys of torchvision's `resnet{depth}`, from its architecture: BasicBlocks
+    (2 convs) for 18, Bottlenecks (3 convs, projection shortcut also in layer1) for 50."""
+    blocks, convs = {18: ([2, 2, 2, 2], 2), 50: ([3, 4, 6, 3], 3)}[depth]
+
+    def conv_bn(conv: str, bn: str) -> list[str]:
+        return [f"{conv}.weight"] + [f"{bn}.{n}" for n in ("weight", "bias", "running_mean", "running_var",
+                                                           "num_batches_tracked")]
+    keys = conv_bn("conv1", "bn1") + ["fc.weight", "fc.bias"]
+    for stage, num_blocks in enumerate(blocks, start=1):
+        for block in range(num_blocks):
+            prefix = f"layer{stage}.{block}"
+            for c in range(1, convs + 1):
+                keys += conv_bn(f"{prefix}.conv{c}", f"{prefix}.bn{c}")
+            if block == 0 and (stage > 1 or depth == 50):
+                keys += conv_bn(f"{prefix}.downsample.0", f"{prefix}.downsample.1")
+    return set(keys)
+
+
 def test_resnet_keys_and_extra_input_channels():
-    # torchvision's resnet18 / resnet50 state dicts have 122 / 320 entries, 2 of them the classifier
-    assert len(ResNet(18).state_dict()) == 120 and len(ResNet(50).state_dict()) == 318
+    for depth in (18, 50):  # every key of torchvision's, less the classifier
+        assert set(ResNet(depth).state_dict()) == torchvision_resnet_keys(depth) - {"fc.weight", "fc.bias"}
     r50 = ResNet(50).state_dict()
     assert tuple(r50["layer3.5.conv3.weight"].shape) == (1024, 256, 1, 1)
     assert tuple(r50["layer4.0.downsample.1.running_var"].shape) == (2048,)
@@ -237,3 +256,31 @@ def test_resnet_keys_and_extra_input_channels():
         torch.testing.assert_close(a, e)
     with pytest.raises(ValueError, match="lack"):
         ResNet(50, num_stages=3).load_torchvision_weights(torchvision_like)
+
+
+def test_imagenet_resnet_weights_load_through_the_config(tmp_path: Path):
+    from sam2_video.config import load_config
+    from sam2_video.train.cli import build_model
+
+    torch.manual_seed(3)
+    resnet18 = dict(ResNet(18).state_dict(), **{"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    weights = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(resnet18, weights)
+    base = ["dataset.dataset_type=synthetic", "model.model=stcn", "model.image_size=64", "model.stcn_key_backbone=18"]
+    config = load_config(None, [*base, f"model.stcn_key_resnet_weights={weights}",
+                                f"model.stcn_value_resnet_weights={weights}"])
+    model = build_model(config.model, config.dataset, verbose=False)
+    key_net, value_net = model.key_encoder.backbone.state_dict(), model.value_encoder.backbone.state_dict()
+    torch.testing.assert_close(key_net["layer3.1.conv2.weight"], resnet18["layer3.1.conv2.weight"])
+    torch.testing.assert_close(value_net["conv1.weight"][:, :3], resnet18["conv1.weight"])
+    assert not value_net["conv1.weight"][:, 3:].any()  # the mask channels start at zero
+
+    with pytest.raises(UserInputError, match=r"resnet18-f37072fd\.pth: ResNet weights lack .* \(wrong depth\?\)"):
+        config = load_config(None, [*base, "model.stcn_key_backbone=50", f"model.stcn_key_resnet_weights={weights}"])
+        build_model(config.model, config.dataset, verbose=False)
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(UserInputError, match=r"notes\.pth: not a readable PyTorch state dict"):
+        config = load_config(None, [*base, f"model.stcn_value_resnet_weights={tmp_path / 'notes.pth'}"])
+        build_model(config.model, config.dataset, verbose=False)
+    with pytest.raises(UserInputError, match=r"'model.stcn_key_resnet_weights' .*missing.pth is not a file"):
+        load_config(None, [*base, f"model.stcn_key_resnet_weights={tmp_path / 'missing.pth'}"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -332,9 +333,13 @@ class STCN(nn.Module):
         return STCNOutputs(logits=all_logits, probs=all_probs, slot_objects=slot_objects)
 
     def load_backbone_weights(
-        self, key_resnet: dict[str, torch.Tensor], value_resnet18: dict[str, torch.Tensor]
+        self,
+        key_resnet: Mapping[str, torch.Tensor] | None = None,
+        value_resnet18: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """Load torchvision ImageNet state dicts: `resnet{50,18}` (per `config.key_backbone`) for the
-        key encoder and `resnet18` for the value encoder (its mask channels start at zero)."""
-        self.key_encoder.backbone.load_torchvision_weights(key_resnet)
-        self.value_encoder.backbone.load_torchvision_weights(value_resnet18)
+        key encoder and/or `resnet18` for the value encoder (its mask channels start at zero)."""
+        if key_resnet is not None:
+            self.key_encoder.backbone.load_torchvision_weights(key_resnet)
+        if value_resnet18 is not None:
+            self.value_encoder.backbone.load_torchvision_weights(value_resnet18)

@@ -24,6 +24,7 @@ from sam2_video.predict.tracking import (
     VideoPredictor,
     check_prompts,
     click_prompts_from_json,
+    frames_to_track,
     mask_prompts_from_annotations,
     mask_prompts_from_png,
     track_video,
@@ -141,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
     out_paths = [args.out / f"{name}.png" for name in frame_names]
     _check_outputs_free(out_paths, args.overlay, args.overwrite)
 
-    frames = track_video(predictor, state, prompts, objects_start_together=args.model == "stcn")
-    for frame_idx, ids in tqdm(frames, total=num_frames, desc="predict", unit="frame"):
-        write_palette_png(out_paths[frame_idx], ids)
+    together = args.model == "stcn"
+    with tqdm(total=frames_to_track(prompts, num_frames, together), desc="predict", unit="frame") as progress:
+        for frame_idx, ids in track_video(predictor, state, prompts, together, on_frame_tracked=progress.update):
+            write_palette_png(out_paths[frame_idx], ids)
     print(f"wrote {num_frames} masks to {args.out}")
     if args.overlay is not None:
         masks = (read_mask_png(path) for path in out_paths)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -236,11 +236,21 @@ def combine_objects(obj_ids: Sequence[int], logits: torch.Tensor) -> tuple[np.nd
     return best, np.asarray(obj_ids, dtype=np.uint8)[winner]
 
 
+def _tracking_passes(prompts: Sequence[Prompt], objects_start_together: bool) -> list[list[Prompt]]:
+    return [list(prompts)] if objects_start_together else _group_by_start(prompts)
+
+
+def frames_to_track(prompts: Sequence[Prompt], num_frames: int, objects_start_together: bool = False) -> int:
+    """How many frames `track_video` propagates over all its passes (the total of a progress bar)."""
+    return sum(num_frames - min(p.frame_idx for p in group) for group in _tracking_passes(prompts, objects_start_together))
+
+
 def track_video(
     predictor: VideoPredictor,
     state: dict,
     prompts: Sequence[Prompt],
     objects_start_together: bool = False,
+    on_frame_tracked: Callable[[], object] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(frame_idx, ids [H, W] uint8)` for every frame in order: 0 = background, else the object id.
 
@@ -248,10 +258,11 @@ def track_video(
     whose first prompts are on different frames are tracked in separate passes (one per start frame,
     as the official DAVIS inference does for objects that appear later) and merged by highest logit.
     A predictor that itself starts each object at its first prompt (STCN) runs all objects in one pass
-    with `objects_start_together=True`. `state` comes from `predictor.init_state`.
+    with `objects_start_together=True`. `state` comes from `predictor.init_state`. `on_frame_tracked()`
+    is called after each propagated frame of every pass (see `frames_to_track`).
     """
     height, width = state["video_height"], state["video_width"]
-    groups = [list(prompts)] if objects_start_together else _group_by_start(prompts)
+    groups = _tracking_passes(prompts, objects_start_together)
     earlier: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (best logit, id) of earlier passes
     for group_index, group in enumerate(groups):
         last_pass = group_index == len(groups) - 1
@@ -262,6 +273,8 @@ def track_video(
             for frame_idx in range(start):
                 yield frame_idx, _foreground(*earlier.pop(frame_idx, _empty(height, width)))
         for frame_idx, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start):
+            if on_frame_tracked is not None:
+                on_frame_tracked()
             logit, ids = combine_objects(obj_ids, logits)
             if frame_idx in earlier:
                 old_logit, old_ids = earlier.pop(frame_idx)

@@ -71,11 +71,14 @@ class SAM2VideoPredictor:
         video_path: str,
         offload_video_to_cpu: bool = False,
         offload_state_to_cpu: bool = False,
+        async_loading_frames: bool = False,
     ) -> InferenceState:
         """Load a video (a folder of JPEG/PNG frames or an .mp4) and start an empty session.
 
         `offload_video_to_cpu` keeps the frames [T,3,S,S] in CPU memory, `offload_state_to_cpu`
-        keeps the per-frame outputs there (both only matter on a GPU).
+        keeps the per-frame outputs there (both only matter on a GPU). `async_loading_frames` is
+        accepted so that code written for the official predictor runs unchanged; frames are
+        always loaded before this returns.
         """
         device = self.device
         images, video_height, video_width, frame_names = load_video_frames(

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from sam2_video.config import DataSection, ModelSection, RunConfig, load_config
+from sam2_video.config import DataSection, ModelSection, RunConfig, load_config, recipe_prompt_probabilities
 from sam2_video.data import (
     ClipDataset,
     ClipTransform,
@@ -33,6 +33,7 @@ from sam2_video.data import (
     collate_fn,
     stcn_max_jump,
 )
+from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
 from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
 from sam2_video.train.stcn_loss import STCNLoss
@@ -106,16 +107,25 @@ def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -
     if model_section.model == "stcn":
         from sam2_video.model.stcn import STCN, STCNConfig
 
-        return STCN(STCNConfig(
+        stcn = STCN(STCNConfig(
             image_size=model_section.image_size,
             key_backbone=model_section.stcn_key_backbone,
             value_dim=model_section.stcn_value_dim,
             decoder_dim=model_section.stcn_decoder_dim,
             max_objects=model_section.stcn_max_objects,
         ))
+        for path, load in [
+            (model_section.stcn_key_resnet_weights, lambda weights: stcn.load_backbone_weights(key_resnet=weights)),
+            (model_section.stcn_value_resnet_weights, lambda weights: stcn.load_backbone_weights(value_resnet18=weights)),
+        ]:
+            if path is not None:
+                _load_resnet_weights(path, load)
+        return stcn
     from sam2_video.model.sam2_train import SAM2Model
 
-    recipe = {name: getattr(model_section, name) for name in SAM2_RECIPE_FIELDS if getattr(model_section, name) is not None}
+    recipe = recipe_prompt_probabilities(data.prompt_types)
+    recipe.update({name: getattr(model_section, name) for name in SAM2_RECIPE_FIELDS
+                   if getattr(model_section, name) is not None})
     return SAM2Model(
         checkpoint_path=model_section.checkpoint_path,
         config_path=model_section.config_path,
@@ -128,6 +138,22 @@ def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -
         verbose=verbose,
         **recipe,
     )
+
+
+def _load_resnet_weights(path: str, load: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    """torch.load a torchvision ResNet state dict and `load` it; errors name the file."""
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several kinds for files that are not state dicts
+        raise UserInputError(f"{path}: not a readable PyTorch state dict ({err})") from None
+    if isinstance(weights, dict) and "state_dict" in weights:
+        weights = weights["state_dict"]
+    if not isinstance(weights, dict):
+        raise UserInputError(f"{path}: expected a torchvision ResNet state dict, found {type(weights).__name__}")
+    try:
+        load(weights)
+    except ValueError as err:
+        raise UserInputError(f"{path}: {err}") from None
 
 
 def build_loss(config: RunConfig, total_steps: int) -> LossFn:
