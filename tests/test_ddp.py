@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sam2_video.train.metrics_log import read_metrics
-from sam2_video.train.trainer import Trainer, seed_everything
+from sam2_video.rng import seed_everything
+from sam2_video.train.trainer import Trainer
 from test_trainer import ToyClips, ToyTracker, collate_toy, toy_loss, toy_settings
 
 

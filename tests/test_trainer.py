@@ -20,7 +20,8 @@ from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY, MultiStepMultiMaskLoss
 from sam2_video.train.metrics_log import read_metrics
 from sam2_video.train.optim import build_param_groups, warmup_cosine_factor
-from sam2_video.train.trainer import NonFiniteLossError, Trainer, seed_everything
+from sam2_video.rng import seed_everything
+from sam2_video.train.trainer import NonFiniteLossError, Trainer
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent

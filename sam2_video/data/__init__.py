@@ -20,7 +20,8 @@ Construct datasets with plain keyword arguments (no registry); every item is a `
     PromptGenerator(prompt_types=("point",), num_of_pos_points=1 | (min, max), include_center=False,
                     num_of_neg_points=0, negatives_near_object=True, box_jitter=0.0)
     collate_fn(clips) -> BatchedVideoDatapoint
-    build_dataloader(dataset, batch_size, num_workers=0, shuffle=True, seed=0, drop_last=False, pin_memory=None)
+    build_dataloader(dataset, batch_size, num_workers=0, shuffle=True, seed=0, rank=None, world_size=None,
+                     collate_fn=collate_fn, pin_memory=None): per-clip seeds, the trainer's loader
 
 Loading runs best in DataLoader workers, where torch uses one thread.
 """

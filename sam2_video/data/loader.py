@@ -1,21 +1,75 @@
-"""DataLoader set-up: batching with `collate_fn`, worker processes, pinned memory, reproducible seeds."""
+"""The training DataLoader: batches of `BatchedVideoDatapoint`s in an epoch-seeded order, sharded over
+DDP ranks, where each clip is drawn under its own seed (from the run seed, the epoch and its position),
+so its augmentation and prompts are the same with any number of workers and after resuming part-way
+through an epoch."""
 from __future__ import annotations
 
-import random
+import math
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sam2_video.data.batch import collate_fn
+from sam2_video.data.batch import collate_fn as collate_clips
+from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and `random` in a worker from torch's per-worker seed (base seed + worker id)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Yields (dataset index, item seed) for this rank: an epoch-seeded order, sharded over ranks,
+    optionally starting part-way into the epoch (after `start` items of this rank's share)."""
+
+    def __init__(self, num_items: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.num_items = num_items
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def items_per_rank(self) -> int:
+        return math.ceil(self.num_items / self.world_size)
+
+    def __len__(self) -> int:
+        return max(self.items_per_rank() - self.start, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+        else:
+            order = list(range(self.num_items))
+        total = self.items_per_rank() * self.world_size
+        order = (order * math.ceil(total / max(len(order), 1)))[:total]  # pad by repeating, as DistributedSampler
+        for position in range(self.rank + self.start * self.world_size, total, self.world_size):
+            item_seed = int(np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1)[0])
+            yield order[position], item_seed
+
+
+class SeededItems(Dataset):
+    """Draws item `index` with torch / numpy / random seeded from the item's seed, then puts the
+    caller's RNG states back: a clip's augmentation and prompts depend only on (seed, epoch, position)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, item_seed = key
+        saved = capture_rng_state()
+        seed_everything(item_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            restore_rng_state(saved)
 
 
 def build_dataloader(
@@ -24,31 +78,27 @@ def build_dataloader(
     num_workers: int = 0,
     shuffle: bool = True,
     seed: int = 0,
-    drop_last: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    collate_fn: Callable[[list[Any]], Any] = collate_clips,
     pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader of `BatchedVideoDatapoint`s whose order and clips depend only on `seed` (for a fixed
-    `num_workers`): the shuffling generator and the workers' seeds derive from it. With `num_workers=0`
-    the clips use torch's global RNG, so seed it (`torch.manual_seed`) as well. When torch.distributed
-    is initialised each rank reads its own shard through a `DistributedSampler`; call
-    `loader.sampler.set_epoch(epoch)` every epoch then. `pin_memory` defaults to CUDA being available.
-    Workers are restarted each epoch (not persistent), so dataset attributes changed between epochs,
-    such as an STCN sampler's `max_jump` from `stcn_max_jump`, reach them.
+    """A DataLoader whose batches depend only on `seed` and the epoch (`loader.sampler.set_epoch`).
+
+    `rank`/`world_size` default to torch.distributed's when it is initialised (each rank reads its
+    own shard; the last batch is padded by repeating clips, as DistributedSampler does). Workers are
+    restarted each epoch (not persistent), so dataset attributes changed between epochs, such as an
+    STCN sampler's `max_jump`, reach them. `pin_memory` defaults to CUDA being available.
     """
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if dist.is_available() and dist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        shuffle = False
+    if rank is None or world_size is None:
+        initialised = dist.is_available() and dist.is_initialized()
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
     return DataLoader(
-        dataset,
+        SeededItems(dataset),
         batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
+        sampler=ResumableSampler(len(dataset), shuffle, seed, rank, world_size),
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
-        worker_init_fn=seed_worker,
-        generator=generator,
+        generator=torch.Generator(),  # keeps the loader from drawing on the global RNG
     )

@@ -5,19 +5,17 @@ A training checkpoint (`last.pt`, `best.pt`) is a dict with keys
 `batches_in_epoch` (batches of the current epoch consumed), `steps` (optimizer steps),
 `loss` (last logged loss terms), `time_elapsed` (training seconds), `best_meter_values`
 (e.g. {"J&F": 71.3, "step": 400}), `config` (the resolved `RunConfig.to_dict()`), `rng`
-(per rank: torch / CUDA / numpy / python RNG states) and `format` ("sam2_video.train/1").
+(per rank: `sam2_video.rng.capture_rng_state()`) and `format` ("sam2_video.train/1").
 There is no loss-scaler state: autocast runs in bf16, which needs no loss scaling. Everything is tensors and plain Python values, so the file loads with `torch.load(weights_only=True)`
 and its `model` entry is the official SAM2 format.
 """
 from __future__ import annotations
 
 import pickle
-import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sam2_video.errors import UserInputError
@@ -44,30 +42,3 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise UserInputError(f"{path}: expected a checkpoint dict with a 'model' entry")
     return checkpoint
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every global RNG the training step may draw from."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": _numpy_state_to_tensors(np.random.get_state()),
-        "python": random.getstate(),
-    }
-
-
-def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
-    """numpy's MT19937 state as tensors and numbers, so checkpoints load with `weights_only=True`."""
-    _, keys, position, has_gauss, cached_gaussian = state
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    random.setstate(state["python"])

@@ -35,6 +35,7 @@ from sam2_video.data import (
 )
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
+from sam2_video.rng import seed_everything
 from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
 from sam2_video.train.stcn_loss import STCNLoss
 from sam2_video.train.trainer import (
@@ -45,7 +46,6 @@ from sam2_video.train.trainer import (
     Validator,
     distributed_rank_and_size,
     optimizer_steps_per_epoch,
-    seed_everything,
 )
 
 # ModelSection fields handed to SAM2Model as training-recipe options when set

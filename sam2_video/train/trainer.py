@@ -11,27 +11,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from sam2_video.config import TrainSection
 from sam2_video.errors import UserInputError
-from sam2_video.train.checkpoint import (
-    CHECKPOINT_FORMAT,
-    capture_rng_state,
-    load_training_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from sam2_video.data.loader import build_dataloader
+from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
+from sam2_video.train.checkpoint import CHECKPOINT_FORMAT, load_training_checkpoint, save_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY
 from sam2_video.train.metrics_log import MetricsLog, plot_loss_curve
 from sam2_video.train.optim import build_optimizer, build_scheduler
@@ -42,13 +36,6 @@ Validator = Callable[[nn.Module], dict[str, float]]
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN / infinite loss or gradient; the message names the step and the videos."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python's `random`."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -72,62 +59,6 @@ def resolve_device(name: str) -> torch.device:
 def optimizer_steps_per_epoch(num_clips: int, batch_size: int, grad_accumulation: int, world_size: int = 1) -> int:
     """Optimizer steps in one epoch: each rank's share of the clips in whole accumulated batches."""
     return (math.ceil(num_clips / world_size) // batch_size) // grad_accumulation
-
-
-class ResumableSampler(Sampler[tuple[int, int]]):
-    """Yields (dataset index, item seed) for this rank: an epoch-seeded order, sharded over ranks,
-    optionally starting part-way into the epoch (after `start` items of this rank's share)."""
-
-    def __init__(self, num_items: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.num_items = num_items
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch = epoch
-        self.start = start
-
-    def items_per_rank(self) -> int:
-        return math.ceil(self.num_items / self.world_size)
-
-    def __len__(self) -> int:
-        return max(self.items_per_rank() - self.start, 0)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_items, generator=generator).tolist()
-        else:
-            order = list(range(self.num_items))
-        total = self.items_per_rank() * self.world_size
-        order = (order * math.ceil(total / max(len(order), 1)))[:total]  # pad by repeating, as DistributedSampler
-        for position in range(self.rank + self.start * self.world_size, total, self.world_size):
-            item_seed = int(np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1)[0])
-            yield order[position], item_seed
-
-
-class SeededItems(Dataset):
-    """Draws item `index` with torch / numpy / random seeded from the item's seed, then puts the
-    caller's RNG states back: a clip's augmentation and prompts depend only on (seed, epoch, position)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, item_seed = key
-        saved = capture_rng_state()
-        seed_everything(item_seed)
-        try:
-            return self.dataset[index]
-        finally:
-            restore_rng_state(saved)
 
 
 @dataclass
@@ -200,16 +131,11 @@ class Trainer:
                 self.module, device_ids=device_ids, find_unused_parameters=True
             )
 
-        self.sampler = ResumableSampler(len(train_dataset), shuffle, settings.seed, self.rank, self.world_size)
-        self.loader = DataLoader(
-            SeededItems(train_dataset),
-            batch_size=batch_size,
-            sampler=self.sampler,
-            num_workers=num_workers,
-            collate_fn=collate_fn,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(),  # keeps the loader from drawing on the global RNG
+        self.loader = build_dataloader(
+            train_dataset, batch_size, num_workers, shuffle, settings.seed, self.rank, self.world_size,
+            collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
         )
+        self.sampler = self.loader.sampler
         self.steps_per_epoch = optimizer_steps_per_epoch(
             len(train_dataset), batch_size, settings.grad_accumulation, self.world_size
         )
