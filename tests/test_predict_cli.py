@@ -292,13 +292,11 @@ def test_annotations_with_the_real_predictor_write_each_prompt_mask_on_its_frame
     """SAM2 outputs a given mask as it is on its own frame (use_mask_input_as_output_without_sam), so
     with random weights the prompted frames still show where each object starts."""
     video = write_frames(tmp_path / "frames", 5)
+    first = np.where(square(8, 8, 16), 1, 0).astype(np.uint8)
+    later = np.where(square(20, 36, 12), 3, first).astype(np.uint8)  # object 3 appears on frame 2
     annotations = tmp_path / "ann"
-    first = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
-    first[square(8, 8, 16)] = 1
-    write_palette_png(annotations / "00000.png", first)
-    later = first.copy()
-    later[square(20, 36, 12)] = 3  # object 3 appears on frame 2
-    write_palette_png(annotations / "00002.png", later)
+    for name, ids in (("00000", first), ("00002", later)):
+        write_palette_png(annotations / f"{name}.png", ids)
     out = tmp_path / "out"
     argv = ["--video", str(video), "--out", str(out), "--annotations", str(annotations),
             "--config", "sam2.1_tiny_test", "--image-size", "64"]
