@@ -169,6 +169,29 @@ def test_geometry_moves_points_with_the_image():
     assert masks_out[0, 0, y, x] and images[0, :, y, x].min() > 0.9
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 22), st.integers(0, 40), st.integers(0, 2**31))
+def test_interior_clicks_land_on_the_same_image_content(top: int, left: int, seed: int):
+    """Points move by the 3x3 geometry, pixels by PIL's warps: a click in the middle of a white block
+    that is not re-sampled must land on white, on its mask, for any flip + rotation + shear + scale."""
+    from hypothesis import assume
+
+    image = np.zeros((1, 40, 60, 3), dtype=np.uint8)
+    image[0, top : top + 18, left : left + 20] = 255
+    mask = torch.from_numpy(image[..., 0] > 0)[:, None]
+    prompt = ObjectPrompt(torch.tensor([[left + 9.5, top + 8.5]]), torch.tensor([1], dtype=torch.int32))
+    transform = ClipTransform(32, hflip_prob=0.5, affine_prob=1.0, rotation_degrees=30, shear_degrees=10,
+                              scale_range=(0.8, 1.2), mean=(0, 0, 0), std=(1, 1, 1))
+    clicks = PromptGenerator()
+    resampled = []
+    resample_point = clicks.resample_point
+    clicks.resample_point = lambda *args: resampled.append(True) or resample_point(*args)
+    images, masks_out, prompts = transform(image, mask, [[prompt]], torch.Generator().manual_seed(seed), clicks)
+    assume(not resampled)  # the block's middle left the frame: a new click, checked by the property above
+    x, y = prompts[0][0].point_coords[0].round().long().tolist()
+    assert masks_out[0, 0, y, x] and images[0, :, y, x].min() > 0.9
+
+
 def test_colour_jitter_matches_pil_enhancers():
     """The one-matrix jitter equals brightness -> contrast -> saturation applied one after another (up to rounding)."""
     from PIL import Image, ImageEnhance
