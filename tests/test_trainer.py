@@ -233,6 +233,15 @@ def test_best_checkpoint_follows_the_highest_jf(tmp_path: Path) -> None:
     assert [r["J&F"] for r in read_metrics(tmp_path / "metrics.jsonl", "val")] == [50.0, 70.0, 60.0]
 
 
+def test_validation_every_n_steps_logs_at_those_steps(tmp_path: Path) -> None:
+    scores = iter([10.0, 30.0, 20.0])
+    trainer = make_trainer(tmp_path, num_clips=6, epochs=1, val_every_epochs=0, val_every_steps=2,
+                           validate=lambda model: {"J&F": next(scores)})
+    trainer.fit()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl", "val")] == [2, 4, 6]
+    assert load_training_checkpoint(tmp_path / "best.pt")["steps"] == 4
+
+
 def test_parameter_groups_and_schedule() -> None:
     model = nn.Module()
     model.image_encoder = nn.Module()
