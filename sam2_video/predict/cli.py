@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for the palettized mask PNGs")
     parser.add_argument("--model", choices=("sam2", "stcn"), default="sam2")
     parser.add_argument("--config", help="SAM2 preset, e.g. sam2.1_hiera_t (default: from the checkpoint's file name)")
-    parser.add_argument("--checkpoint", type=Path, help="model weights (an official SAM2/SAM2.1 checkpoint or an "
-                        "exported one); without it the model has random weights")
+    parser.add_argument("--checkpoint", type=Path, help="sam2: an official SAM2/SAM2.1 checkpoint or an exported "
+                        "one (without it the weights are random); stcn: last.pt or best.pt of an STCN training run")
     parser.add_argument("--image-size", type=int, help="model input size (default: the preset's)")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--mask", type=Path, help="first-frame mask PNG (palette ids, or 0/255 for one object)")
