@@ -4,7 +4,7 @@
 2. scores, on the held-out videos, the untrained model and the copy-the-first-mask baseline;
 3. trains a tiny model from random weights with the regular trainer (`OUT/train`: checkpoints,
    logs, loss curve), validating J&F every other epoch and keeping `best.pt`;
-4. scores the trained model, writes every prediction as palettized PNGs
+4. scores the final trained model, writes every prediction as palettized PNGs
    (`OUT/eval/<untrained|copy_first_mask|finetuned>/<video>/<frame>.png`) and `OUT/report.json`.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (must be new or empty)")
     parser.add_argument("--model", choices=("sam2", "stcn"), default="sam2",
                         help="sam2: the tiny SAM2.1 preset; stcn: the STCN baseline (ResNet-18 keys)")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs over the generated videos")
-    parser.add_argument("--train-videos", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs over the generated videos")
+    parser.add_argument("--train-videos", type=int, default=96)
     parser.add_argument("--val-videos", type=int, default=8)
     parser.add_argument("--frames", type=int, default=16, help="frames per generated video")
     parser.add_argument("--image-size", type=int, default=128)
@@ -55,7 +55,7 @@ def demo_config(args: argparse.Namespace, out: Path, train_root: Path, val_root:
                              stcn_value_dim=128, stcn_decoder_dim=64, trainable_modules=[])
     data = DataSection(
         dataset_type="vos", data_path=str(train_root), val_data_path=str(val_root),
-        video_clip_length=4 if args.model == "sam2" else 3, max_num_objects=2, batch_size=2, num_workers=1,
+        video_clip_length=8 if args.model == "sam2" else 3, max_num_objects=2, batch_size=2, num_workers=1,
         augment=False,
     )
     train_section = TrainSection(
