@@ -4,18 +4,24 @@ Both get the same random weights (with refharness's random-weight tweaks), the s
 the same prompts (objects 1..3: a click, a box and a mask on frame 0), hole filling off (the
 official code skips it on the CPU). Per object count it prints the propagation speed of each
 (frames/s, prompted frame included), our speed-up, peak memory during the session (CPU: peak
-RSS above the RSS before the session, Linux VmHWM; CUDA: torch.cuda.max_memory_allocated) and
+RSS above the RSS before the session, Linux VmHWM, with glibc's freed memory handed back between
+sessions; CUDA: torch.cuda.max_memory_allocated) and
 the largest logit difference between the two; then the same for ours with memory features kept
 in float32 (`memory_in_bfloat16=False`), the cost of leaving the official bf16 storage.
-Each predictor runs one untimed session first, and the two take turns going first.
+Each predictor runs one untimed session first, the two take turns going first, and memory is
+measured in a second pass of its own (on the CPU it needs allocator settings that slow both down).
 
     python benchmarks/predict_vs_reference.py --image-size 512 --frames 10 --objects 1 3
 Needs the reference: pip install --no-deps sam2==1.1.0 hydra-core iopath
 """
 from __future__ import annotations
 
-import argparse
 import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: it reads its defaults then
+
+import argparse
+import ctypes
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +68,10 @@ def build_official(preset: str, image_size: int, device: str) -> Any:
     return predictor
 
 
+LIBC = ctypes.CDLL("libc.so.6")
+M_MMAP_THRESHOLD = -3
+
+
 def _rss_bytes(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -76,6 +86,7 @@ def _reset_peak(device: str) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
+    LIBC.malloc_trim(0)  # hand freed heap memory back, so that earlier sessions do not hide this one's
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current RSS
     return _rss_bytes("VmRSS:")
@@ -120,7 +131,6 @@ def main() -> None:
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 3], choices=[1, 2, 3])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    os.environ.setdefault("TQDM_DISABLE", "1")
 
     torch.manual_seed(0)
     official = build_official(args.preset, args.image_size, args.device)
@@ -141,20 +151,29 @@ def main() -> None:
         with torch.inference_mode():
             for predictor in (official, ours, ours_fp32):  # warm-up: first-call costs fall on no one
                 run_session(predictor, video, masks, 1, args.device)
+        rows = [(memory, predictor, num_objects) for memory, predictor in (("bf16", ours), ("fp32", ours_fp32))
+                for num_objects in args.objects]
+        speed, peak = {}, {}
+        for measure in ("speed", "memory"):
+            if measure == "memory" and not args.device.startswith("cuda"):
+                # memory pass: tensors above 1 MiB get their own mapping, returned to the system when freed
+                # (glibc otherwise keeps freed memory in its heap, hiding the next session's use)
+                LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+            for row, (memory, predictor, num_objects) in enumerate(rows):
+                order = [("official", official), ("ours", predictor)]
+                with torch.inference_mode():
+                    for name, session_predictor in order if row % 2 == 0 else order[::-1]:
+                        fps, peak_bytes, outputs = run_session(session_predictor, video, masks, num_objects, args.device)
+                        if measure == "speed":
+                            speed[row, name] = fps, outputs
+                        else:
+                            peak[row, name] = peak_bytes
         print("memory   objects  official fps  ours fps  speed-up  official peak MiB  ours peak MiB  max |logit diff|")
-        for row, (memory, predictor) in enumerate([(m, p) for m, p in (("bf16", ours), ("fp32", ours_fp32))
-                                                   for _ in args.objects]):
-            num_objects = args.objects[row % len(args.objects)]
-            sessions = {}
-            order = [("official", official), ("ours", predictor)]
-            with torch.inference_mode():
-                for name, session_predictor in order if row % 2 == 0 else order[::-1]:
-                    sessions[name] = run_session(session_predictor, video, masks, num_objects, args.device)
-            (official_fps, official_peak, expected), (ours_fps, ours_peak, got) = sessions["official"], sessions["ours"]
+        for row, (memory, _, num_objects) in enumerate(rows):
+            (official_fps, expected), (ours_fps, got) = speed[row, "official"], speed[row, "ours"]
             max_diff = max((a - b).abs().max().item() for a, b in zip(got, expected))
             print(f"{memory:>6}  {num_objects:8d}  {official_fps:12.3f}  {ours_fps:8.3f}  {ours_fps / official_fps:7.2f}x"
-                  f"  {official_peak / 2**20:17.0f}  {ours_peak / 2**20:13.0f}  {max_diff:16.2e}")
-
+                  f"  {peak[row, 'official'] / 2**20:17.0f}  {peak[row, 'ours'] / 2**20:13.0f}  {max_diff:16.2e}")
 
 if __name__ == "__main__":
     main()
