@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-
 from typing import Callable
 
 import torch
