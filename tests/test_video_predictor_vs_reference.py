@@ -35,16 +35,17 @@ def _official_config_path(preset: str) -> str:
     return f"configs/{version}/{preset}.yaml"
 
 
-def build_both(preset: str, image_size: int, tmp_path: Path, seed: int = 0) -> tuple[Any, SAM2VideoPredictor, list[int]]:
+def build_both(preset: str, image_size: int, tmp_path: Path, seed: int = 0,
+               **config: Any) -> tuple[Any, SAM2VideoPredictor, list[int]]:
     """(official predictor, ours, [number of times the official memory attention got bf16
     memory, i.e. hit facebookresearch/sam2#308]) with the same random weights, saved and
-    loaded as a checkpoint."""
+    loaded as a checkpoint; `config` overrides model settings on both sides."""
     require_reference()
     from sam2.build_sam import build_sam2_video_predictor as build_official
 
     torch.manual_seed(seed)
-    official = build_official(_official_config_path(preset), None, device="cpu",
-                              hydra_overrides_extra=[f"++model.image_size={image_size}"])
+    overrides = [f"++model.image_size={image_size}"] + [f"++model.{key}={value}" for key, value in config.items()]
+    official = build_official(_official_config_path(preset), None, device="cpu", hydra_overrides_extra=overrides)
     with torch.no_grad():
         official.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
         for mlp in official.sam_mask_decoder.output_hypernetworks_mlps:
@@ -63,7 +64,7 @@ def build_both(preset: str, image_size: int, tmp_path: Path, seed: int = 0) -> t
     official.memory_attention.register_forward_pre_hook(memory_to_fp32, with_kwargs=True)
     checkpoint = tmp_path / "weights.pt"
     torch.save({"model": official.state_dict()}, checkpoint)
-    ours = build_sam2_video_predictor(preset, checkpoint=checkpoint, image_size=image_size, fill_hole_area=0)
+    ours = build_sam2_video_predictor(preset, checkpoint=checkpoint, image_size=image_size, fill_hole_area=0, **config)
     return official, ours, bf16_memory_calls
 
 
@@ -97,9 +98,10 @@ def assert_same_outputs(ours: list[Output], official: list[Output]) -> None:
     assert (positive > 0).all() and (positive < 1).all(), "degenerate test: masks all empty or all full"
 
 
-def run_both(preset: str, image_size: int, video: Path, steps: list[Step], tmp_path: Path) -> tuple[list[Output], int]:
+def run_both(preset: str, image_size: int, video: Path, steps: list[Step], tmp_path: Path,
+             **config: Any) -> tuple[list[Output], int]:
     """Our outputs (checked against the official ones) and how often the official run hit #308."""
-    official, ours, bf16_memory_calls = build_both(preset, image_size, tmp_path)
+    official, ours, bf16_memory_calls = build_both(preset, image_size, tmp_path, **config)
     expected = run_session(official, video, steps)
     got = run_session(ours, video, steps)
     assert_same_outputs(got, expected)
@@ -111,13 +113,25 @@ def run_both(preset: str, image_size: int, video: Path, steps: list[Step], tmp_p
 def synthetic_video(tmp_path_factory) -> tuple[Path, list[list[np.ndarray]]]:
     """6 JPEG frames 240x320 with three moving shapes; returns (folder, masks[t][k] bool HxW)."""
     folder = tmp_path_factory.mktemp("synthetic")
+    return folder, write_shapes_video(folder, SYNTHETIC_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def long_synthetic_video(tmp_path_factory) -> tuple[Path, list[list[np.ndarray]]]:
+    """The same shapes over 12 frames: more than the memory bank's 7 frames."""
+    folder = tmp_path_factory.mktemp("long_synthetic")
+    return folder, write_shapes_video(folder, 12)
+
+
+def write_shapes_video(folder: Path, num_frames: int) -> list[list[np.ndarray]]:
+    """JPEG frames 240x320 with a disc, a rectangle and an ellipse moving; returns masks[t][k] bool HxW."""
     height, width = 240, 320
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     background = np.stack([90 + 60 * np.sin(xx / 23) * np.cos(yy / 31),
                            110 + 50 * np.cos(xx / 17 + yy / 41),
                            100 + 70 * xx / width], axis=-1)
     masks = []
-    for t in range(SYNTHETIC_FRAMES):
+    for t in range(num_frames):
         frame = background.copy()
         disc = (xx - (80 + 8 * t)) ** 2 + (yy - 120) ** 2 < 30**2
         rectangle = (abs(xx - (220 - 6 * t)) < 35) & (abs(yy - (70 + 4 * t)) < 25)
@@ -126,7 +140,7 @@ def synthetic_video(tmp_path_factory) -> tuple[Path, list[list[np.ndarray]]]:
             frame[shape] = colour
         Image.fromarray(frame.clip(0, 255).astype(np.uint8)).save(folder / f"{t:05d}.jpg", quality=95)
         masks.append([disc, rectangle, ellipse])
-    return folder, masks
+    return masks
 
 
 @pytest.fixture
@@ -237,3 +251,17 @@ def test_e_correction_click_then_repropagation(synthetic_video, tmp_path):
     before, after = tracked[4][3], tracked[6][3]  # frame 4, first and second pass
     assert not torch.equal(before[0], after[0]), "the correction on frame 3 changed nothing"
     torch.testing.assert_close(before[1], after[1], atol=1e-4, rtol=0)  # object 2 was not corrected
+
+
+def test_f_long_video_with_three_conditioning_frames_and_a_cap(long_synthetic_video, tmp_path):
+    """(f) 12 frames, more than the 7-frame memory bank, so old memories drop out; three conditioning
+    frames (a mask, a box, a click) of which memory attention may use only the 2 closest
+    (max_cond_frames_in_attn=2), for two objects."""
+    folder, masks = long_synthetic_video
+    steps = [("mask", dict(frame_idx=0, obj_id=1, mask=masks[0][0])),
+             ("points", dict(frame_idx=0, obj_id=3, points=centre_click(masks[0][2]), labels=[1])),
+             ("box", dict(frame_idx=5, obj_id=1, box=bounding_box(masks[5][0]))),
+             ("points", dict(frame_idx=9, obj_id=1, points=centre_click(masks[9][0]), labels=[1])),
+             ("propagate", {})]
+    outputs, _ = run_both("sam2.1_hiera_t", 256, folder, steps, tmp_path, max_cond_frames_in_attn=2)
+    assert [o[1] for o in outputs if o[0] == "propagate"] == list(range(12))
