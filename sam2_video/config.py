@@ -23,6 +23,7 @@ MODEL_KINDS = ("sam2", "stcn")
 STCN_KEY_BACKBONES = (18, 50)
 DATASET_TYPES = ("video", "coco", "vos", "sav", "synthetic")
 PROMPT_TYPES = ("point", "bbox", "mask")
+SAV_ANNOTATION_KINDS = ("manual", "auto")
 # what `dataset.data_path` must hold, per dataset_type
 DATA_PATH_CONTENTS = {
     "video": "a folder of video folders of frames, <data_path>/<video>/<frame>.jpg",
@@ -101,6 +102,8 @@ class DataSection:
     augment: bool = True
     image_root: str | None = None  # coco: folder the JSON's image paths are relative to
     annotations_path: str | None = None  # sav: folder of <video>_manual.json masklets
+    sav_annotation_kind: str = "manual"  # sav: manual (<video>_manual.json) or auto (<video>_auto.json)
+    video_list: str | None = None  # vos, sav, video: text file naming the videos to use (default: all)
     prompts_dir: str | None = None  # vos: folder of <video>.json explicit prompts
     ignore_ids: list[int] = field(default_factory=list)  # vos: label values that are not objects
     val_data_path: str | None = None  # DAVIS-layout folder of held-out videos for J&F validation
@@ -342,6 +345,12 @@ def _check_values(config: RunConfig, source: str) -> None:
     _check_choice(source, "dataset.dataset_type", data.dataset_type, DATASET_TYPES)
     for prompt_type in data.prompt_types:
         _check_choice(source, "dataset.prompt_types", prompt_type, PROMPT_TYPES)
+    _check_choice(source, "dataset.sav_annotation_kind", data.sav_annotation_kind, SAV_ANNOTATION_KINDS)
+    if data.video_list is not None and data.dataset_type not in ("vos", "sav", "video"):
+        raise UserInputError(f"{source}: 'dataset.video_list' applies to dataset_type vos, sav and video, "
+                             f"not {data.dataset_type!r}")
+    if data.video_list is not None and not Path(data.video_list).is_file():
+        raise UserInputError(f"{source}: 'dataset.video_list' {data.video_list} is not a file (one video name a line)")
     if not data.prompt_types:
         raise UserInputError(f"{source}: 'dataset.prompt_types' is empty; give some of {', '.join(PROMPT_TYPES)}")
     for key, value in recipe_prompt_probabilities(data.prompt_types).items():

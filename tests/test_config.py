@@ -77,6 +77,8 @@ def test_overrides_are_typed_and_the_resolved_config_round_trips(tmp_path: Path)
          "'dataset.max_num_objects' 3 exceeds 'model.stcn_max_objects' 2"),
         (["dataset.dataset_type=coco", f"dataset.data_path={REPO_ROOT / 'configs'}"], "is a folder; expected a COCO-video JSON"),
         (["model.feature_cache_frames=64"], "needs 'dataset.augment: false'"),
+        (["dataset.sav_annotation_kind=automatic"], "expected one of manual, auto"),
+        (["dataset.video_list=videos.txt"], "'dataset.video_list' applies to dataset_type vos, sav and video"),
     ],
 )
 def test_bad_config_names_the_problem(overrides: list[str], expected: str) -> None:

@@ -182,3 +182,17 @@ def test_stcn_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Pat
     for key in (CORE_LOSS_KEY, "kept_fraction"):
         assert [r[key] for r in resumed.history] == [r[key] for r in full.history[1:]], key
     assert [r["kept_fraction"] for r in full.history] == pytest.approx([1.0, 1.0, 0.15, 0.15])
+
+
+def test_video_list_picks_the_training_videos(tmp_path: Path) -> None:
+    from sam2_video.data import synthesize
+
+    root = synthesize(tmp_path / "davis", 3, num_frames=4, image_size=32, seed=0)
+    (tmp_path / "videos.txt").write_text("synthetic_0002\nsynthetic_0000\n")
+    config = load_config(None, ["dataset.dataset_type=vos", f"dataset.data_path={root}", "model.image_size=32",
+                                "dataset.video_clip_length=2", f"dataset.video_list={tmp_path / 'videos.txt'}"])
+    dataset = build_train_dataset(config)
+    assert sorted(dataset[i].video_name for i in range(len(dataset))) == ["synthetic_0000", "synthetic_0002"]
+    with pytest.raises(UserInputError, match=r"'dataset.video_list' .*missing.txt is not a file"):
+        load_config(None, ["dataset.dataset_type=vos", f"dataset.data_path={root}",
+                           f"dataset.video_list={tmp_path / 'missing.txt'}"])

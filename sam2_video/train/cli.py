@@ -94,12 +94,14 @@ def build_train_dataset(config: RunConfig) -> ClipDataset:
             seed=config.train.seed, **common,
         )
     if data.dataset_type == "vos":
-        return VOSFolderDataset(data.data_path, prompts_dir=data.prompts_dir, ignore_ids=data.ignore_ids, **common)
+        return VOSFolderDataset(data.data_path, prompts_dir=data.prompts_dir, ignore_ids=data.ignore_ids,
+                                video_list=data.video_list, **common)
     if data.dataset_type == "coco":
         return COCOVideoDataset(data.data_path, image_root=data.image_root, **common)
     if data.dataset_type == "sav":
-        return SAVJsonDataset(data.data_path, data.annotations_path, annotation_kind="manual", **common)
-    return VideoDataset(data.data_path, **common)
+        return SAVJsonDataset(data.data_path, data.annotations_path, annotation_kind=data.sav_annotation_kind,
+                              video_list=data.video_list, **common)
+    return VideoDataset(data.data_path, video_list=data.video_list, **common)
 
 
 def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -> nn.Module:
