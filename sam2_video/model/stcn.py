@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,17 @@ class STCNConfig:
     value_dim: int = 512  # value channels, also the width of the query's f16_thin
     decoder_dim: int = 512
     max_objects: int = 20  # objects per video (training clip or tracked video)
+
+    @classmethod
+    def from_model_settings(cls, settings: Mapping[str, Any]) -> "STCNConfig":
+        """From a run config's `model:` section (`image_size` and the `stcn_*` keys), as a dict."""
+        return cls(
+            image_size=settings["image_size"],
+            key_backbone=settings["stcn_key_backbone"],
+            value_dim=settings["stcn_value_dim"],
+            decoder_dim=settings["stcn_decoder_dim"],
+            max_objects=settings["stcn_max_objects"],
+        )
 
     def __post_init__(self) -> None:
         if self.image_size % 16 != 0 or self.image_size < 32:

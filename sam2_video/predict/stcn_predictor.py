@@ -251,14 +251,10 @@ def build_stcn_video_predictor(
             f"{checkpoint}: not an STCN training checkpoint (it holds {kind}); give last.pt or best.pt "
             "of a `sam2-video train` run with model: stcn"
         )
+    if image_size is not None:
+        model_config = dict(model_config, image_size=image_size)
     try:
-        config = STCNConfig(
-            image_size=image_size if image_size is not None else model_config["image_size"],
-            key_backbone=model_config["stcn_key_backbone"],
-            value_dim=model_config["stcn_value_dim"],
-            decoder_dim=model_config["stcn_decoder_dim"],
-            max_objects=model_config["stcn_max_objects"],
-        )
+        config = STCNConfig.from_model_settings(model_config)
     except ValueError as err:
         raise UserInputError(f"{checkpoint}: {err}") from None
     model = STCN(config)

@@ -7,6 +7,7 @@ runs this; the process group is set up here (NCCL on GPUs, gloo on CPUs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -109,13 +110,7 @@ def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -
     if model_section.model == "stcn":
         from sam2_video.model.stcn import STCN, STCNConfig
 
-        stcn = STCN(STCNConfig(
-            image_size=model_section.image_size,
-            key_backbone=model_section.stcn_key_backbone,
-            value_dim=model_section.stcn_value_dim,
-            decoder_dim=model_section.stcn_decoder_dim,
-            max_objects=model_section.stcn_max_objects,
-        ))
+        stcn = STCN(STCNConfig.from_model_settings(dataclasses.asdict(model_section)))
         for path, load in [
             (model_section.stcn_key_resnet_weights, lambda weights: stcn.load_backbone_weights(key_resnet=weights)),
             (model_section.stcn_value_resnet_weights, lambda weights: stcn.load_backbone_weights(value_resnet18=weights)),
