@@ -217,3 +217,25 @@ def test_output_shapes_and_thresholding(tiny_predictor: SAM2ImagePredictor) -> N
     np.testing.assert_array_equal(tiny_predictor.predict(**prompt)[0], masks)
     single, _, _ = tiny_predictor.predict(**prompt, box=np.array([5, 5, 30, 30]), multimask_output=False)
     assert single.shape == (1, 40, 60)
+
+
+def test_prompts_in_unit_coordinates_and_batched(tiny_predictor: SAM2ImagePredictor) -> None:
+    """normalize_coords=False takes points and boxes already in [0, 1] (the official convention), and a
+    batch of prompts gives each prompt's own answer."""
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    tiny_predictor.set_image(image)
+    points, box = np.array([[15.0, 10.0], [40.0, 30.0]]), np.array([5.0, 4.0, 50.0, 36.0])
+    pixels = tiny_predictor.predict(point_coords=points, point_labels=np.array([1, 0]), box=box, return_logits=True)
+    unit = tiny_predictor.predict(point_coords=points / [60, 40], point_labels=np.array([1, 0]), box=box / [60, 40, 60, 40],
+                                  normalize_coords=False, return_logits=True)
+    for a, b in zip(pixels, unit):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    other = np.array([[50.0, 8.0]])
+    alone = tiny_predictor.predict(point_coords=other, point_labels=np.array([1]), return_logits=True)
+    batched = tiny_predictor.predict(point_coords=np.stack([points[:1], other]), point_labels=np.array([[1], [1]]),
+                                     return_logits=True)
+    first = tiny_predictor.predict(point_coords=points[:1], point_labels=np.array([1]), return_logits=True)
+    for a, b, c in zip(batched, first, alone):
+        assert a.shape[0] == 2
+        np.testing.assert_allclose(a[0], b, atol=1e-5)
+        np.testing.assert_allclose(a[1], c, atol=1e-5)
