@@ -237,6 +237,31 @@ def test_feature_cache_gives_the_same_outputs_and_skips_the_encoder():
         torch.testing.assert_close(a["pred_masks_high_res"], c["pred_masks_high_res"], rtol=0, atol=0)
 
 
+def test_feature_cache_with_a_trained_decoder_gives_the_same_gradients():
+    """With the mask decoder trained, the cache holds the encoder's levels before the decoder's
+    high-res projections, which then run with autograd: same loss gradients, no encoder call."""
+    model = _tiny_model(prob_to_use_pt_input_for_eval=0.0, feature_cache_frames=16,
+                        trainable_modules=["sam_mask_decoder", "memory_attention"]).eval()
+    calls = []
+    model.image_encoder.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    batch = _synthetic_batch(num_frames=3)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        loss = sum(out["pred_masks_high_res"].sigmoid().mean() for out in model(batch))
+        loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    filling, cached = gradients(), gradients()
+    model.feature_cache = None
+    uncached = gradients()
+    assert calls == [3, 3]  # the cached step ran no encoder
+    assert any(name.startswith("sam_mask_decoder.conv_s0") for name in cached)  # the projection is trained
+    assert cached.keys() == uncached.keys() == filling.keys()
+    for name in cached:
+        torch.testing.assert_close(cached[name], uncached[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_objects_of_two_clips_run_as_one_batch_with_shared_frames():
     model = _tiny_model(prob_to_use_pt_input_for_eval=0.0).eval()
     calls = []

@@ -164,11 +164,14 @@ class SAM2(nn.Module):
         (lists of 3 levels, strides 4, 8, 16); levels 0 and 1 of backbone_fpn are already projected
         by the decoder's conv_s0 / conv_s1 (to C/8 and C/4 channels).
         """
-        backbone_out = self.image_encoder(img_batch)
-        fpn = list(backbone_out["backbone_fpn"])
+        return self.project_high_res_levels(self.image_encoder(img_batch))
+
+    def project_high_res_levels(self, encoder_out: dict[str, Any]) -> dict[str, Any]:
+        """The image encoder's dict with backbone_fpn levels 0 and 1 through the decoder's conv_s0 / conv_s1."""
+        fpn = list(encoder_out["backbone_fpn"])
         fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
         fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
-        return {**backbone_out, "backbone_fpn": fpn}
+        return {**encoder_out, "backbone_fpn": fpn}
 
     def prepare_backbone_features(
         self, backbone_out: dict[str, Any]

@@ -13,10 +13,9 @@ import difflib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from sam2_video.data.batch import BatchedVideoDatapoint
 from sam2_video.errors import UserInputError
@@ -97,8 +96,10 @@ class FeatureCache:
     """Image-encoder outputs of frames, kept across steps (least recently used dropped beyond `max_frames`).
 
     Valid only while the image encoder is frozen and frames are not augmented: the key is
-    (video name, frame name, height, width). Per frame it stores the FPN levels [C,h,w]; the
-    position encodings depend on the image size alone and are stored once per size.
+    (video name, frame name, height, width). Per frame it stores the FPN levels [C,h,w] (after the
+    decoder's high-res projections while those are frozen, before them while they are trained,
+    which costs 8x the memory on level 0); the position encodings depend on the image size alone
+    and are stored once per size. Changing the trainable modules clears it.
     """
 
     def __init__(self, max_frames: int) -> None:
@@ -252,11 +253,13 @@ class SAM2Model(SAM2):
         lines.append(f"{'all':<{width}}{trainable_sum:>14,}{total_sum:>14,}")
         return "\n".join(lines)
 
-    def image_features_need_grad(self) -> bool:
-        """Whether any parameter used by `forward_image` (encoder, decoder's high-res convs) is trainable."""
-        used = list(self.image_encoder.parameters())
-        used += list(self.sam_mask_decoder.conv_s0.parameters()) + list(self.sam_mask_decoder.conv_s1.parameters())
-        return any(p.requires_grad for p in used)
+    def image_encoder_is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.image_encoder.parameters())
+
+    def high_res_projections_are_trainable(self) -> bool:
+        """Whether the decoder's conv_s0 / conv_s1, which `forward_image` applies, are trained."""
+        convs = list(self.sam_mask_decoder.conv_s0.parameters()) + list(self.sam_mask_decoder.conv_s1.parameters())
+        return any(p.requires_grad for p in convs)
 
     # ---------------------------------------------------------------- forward
 
@@ -313,20 +316,32 @@ class SAM2Model(SAM2):
         image_pos = torch.full((batch.num_frames * batch.num_videos,), -1, dtype=torch.long, device=used.device)
         image_pos[used] = torch.arange(len(used), device=used.device)
         images = batch.flat_img_batch[used]
-        if self.image_features_need_grad():
+        if self.image_encoder_is_trainable():
             backbone_out = self.forward_image(images)
-        elif self.feature_cache is not None:
-            backbone_out = self._cached_forward_image(batch, used, images)
         else:
-            with torch.no_grad():
-                backbone_out = self.forward_image(images)
+            # a frozen encoder runs without autograd (and its outputs may come from the cache); the
+            # decoder's high-res projections run outside it when they are trained
+            project_later = self.high_res_projections_are_trainable()
+            frozen_part = self.image_encoder if project_later else self.forward_image
+            if self.feature_cache is not None:
+                backbone_out = self._cached_forward(frozen_part, batch, used, images)
+            else:
+                with torch.no_grad():
+                    backbone_out = frozen_part(images)
+            if project_later:
+                backbone_out = self.project_high_res_levels(backbone_out)
         _, vision_feats, vision_pos_embeds, feat_sizes = self.prepare_backbone_features(backbone_out)
         return vision_feats, vision_pos_embeds, feat_sizes, image_pos
 
-    def _cached_forward_image(
-        self, batch: BatchedVideoDatapoint, used: torch.Tensor, images: torch.Tensor
+    def _cached_forward(
+        self,
+        frozen_part: Callable[[torch.Tensor], dict[str, Any]],
+        batch: BatchedVideoDatapoint,
+        used: torch.Tensor,
+        images: torch.Tensor,
     ) -> dict[str, list[torch.Tensor]]:
-        """`forward_image` outputs for `images` [F,3,H,W], computing only frames not in the feature cache."""
+        """`frozen_part(images)` for `images` [F,3,H,W] (the image encoder, with or without the high-res
+        projections), computing only frames not in the feature cache; without autograd."""
         cache = self.feature_cache
         size = (images.shape[-2], images.shape[-1])
         keys = []
@@ -336,7 +351,7 @@ class SAM2Model(SAM2):
         missing = [i for i, key in enumerate(keys) if cache.get(key) is None]
         if missing or cache.pos_enc(size) is None:
             with torch.no_grad():
-                fresh = self.forward_image(images[missing] if missing else images[:1])
+                fresh = frozen_part(images[missing] if missing else images[:1])
             cache.put_pos_enc(size, [x[:1] for x in fresh["vision_pos_enc"]])
             for j, i in enumerate(missing):
                 cache.put(keys[i], [level[j] for level in fresh["backbone_fpn"]])
