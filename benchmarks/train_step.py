@@ -2,8 +2,8 @@
 official `SAM2Train` on the same batch, weights, frozen modules and prompt workload.
 
 A step is zero_grad + forward + loss + backward + AdamW step on one synthetic batch (1 clip,
-`--frames` frames, `--objects` objects, `--image-size` px). Trainable: memory attention and memory
-encoder (our default); everything else frozen on both sides. Memory-attention dropout is off on
+`--frames` frames, `--objects` objects, `--image-size` px). Trainable (`--trainable`): memory attention and memory
+encoder by default; everything else frozen on both sides. Memory-attention dropout is off on
 both sides: with dropout, PyTorch's CPU attention materialises every attention matrix (over 13 GB
 at the default sizes). Workloads (fixed, so both
 implementations do the same work): `mask` = a mask prompt on frame 0, the other frames tracked;
@@ -28,7 +28,6 @@ from sam2_video.data.batch import BatchedVideoDatapoint
 from sam2_video.model.sam2_train import SAM2Model
 from sam2_video.train.loss import MultiStepMultiMaskLoss
 
-TRAINABLE = ("memory_attention", "memory_encoder")
 WORKLOADS = {
     "mask": dict(prob_to_use_pt_input_for_train=0.0),
     "clicks": dict(prob_to_use_pt_input_for_train=1.0, prob_to_use_box_input_for_train=0.0,
@@ -101,7 +100,7 @@ def time_steps(model: torch.nn.Module, step_loss: Callable[[], torch.Tensor], st
     return {"wall_s": wall, "cpu_s": cpu}
 
 
-def build_reference(image_size: int, state_dict: dict, workload: dict):
+def build_reference(image_size: int, state_dict: dict, workload: dict, trainable: list[str]):
     """Official SAM2Train (MOSE fine-tuning config at hiera_t sizes) and its loss, or a reason it can't be built."""
     try:
         import sam2  # noqa: F401  (registers the config module with hydra)
@@ -124,7 +123,7 @@ def build_reference(image_size: int, state_dict: dict, workload: dict):
     for key, value in workload.items():
         setattr(model, key, value)
     for name, param in model.named_parameters():
-        param.requires_grad_(name.split(".")[0] in TRAINABLE)
+        param.requires_grad_(name.split(".")[0] in trainable)
     return model.train(), instantiate(cfg.trainer.loss.all), ""
 
 
@@ -152,11 +151,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workloads", default="mask,clicks")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--trainable", default="memory_attention,memory_encoder",
+                        help="top-level modules to train, comma-separated (e.g. add sam_mask_decoder)")
     args = parser.parse_args()
+    trainable = args.trainable.split(",")
     torch.set_num_threads(args.threads)
 
     print(f"{args.config} at {args.image_size}px, {args.frames} frames, {args.objects} objects, batch 1, "
-          f"trainable {'+'.join(TRAINABLE)}, {args.threads} threads, median of {args.steps} steps after 1 warm-up")
+          f"trainable {'+'.join(trainable)}, {args.threads} threads, median of {args.steps} steps after 1 warm-up")
     print(f"{'workload':<10}{'implementation':<24}{'wall s/step':>12}{'CPU s/step':>12}", flush=True)
 
     rows: list[dict] = []
@@ -173,14 +175,14 @@ def main() -> None:
         options = WORKLOADS[workload]
         torch.manual_seed(0)
         for cache_frames in (0, args.frames):
-            model = SAM2Model(config_path=args.config, image_size=args.image_size, trainable_modules=TRAINABLE,
+            model = SAM2Model(config_path=args.config, image_size=args.image_size, trainable_modules=trainable,
                               feature_cache_frames=cache_frames, dropout=0.0, verbose=False, **options).train()
             times = time_steps(model, lambda: loss_fn(model(batch), batch.masks)["core_loss"], args.steps)
             report({"workload": workload, "impl": "ours, feature cache" if cache_frames else "ours", **times})
             state_dict = model.state_dict()
         if args.no_reference:
             continue
-        reference, reference_loss, reason = build_reference(args.image_size, state_dict, options)
+        reference, reference_loss, reason = build_reference(args.image_size, state_dict, options, trainable)
         if reference is None:
             print(reason)
             continue
