@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from sam2_video.data import (
     COCOVideoDataset,
@@ -17,6 +20,7 @@ from sam2_video.data import (
     VOSFolderDataset,
     read_sav_annotation,
 )
+from sam2_video.data.rle import decode_segmentation
 from sam2_video.data.synthetic import davis_palette
 from sam2_video.errors import UserInputError
 
@@ -122,15 +126,36 @@ def test_invalid_rle(tmp_path):
 
 
 @pytest.mark.parametrize("segmentation, message", [
-    ({"size": [12, 16], "counts": ""}, "runs do not cover the 12x16 frame"),  # pycocotools decodes junk pixels
-    ({"size": [12, 16], "counts": "0"}, "runs do not cover the 12x16 frame"),
-    ({"size": [12, 16], "counts": "V148000"}, "runs do not cover the 12x16 frame"),  # a valid string, cut short
+    ({"size": [12, 16], "counts": ""}, "runs add up to .* pixels, not the 12x16 frame"),  # pycocotools decodes junk pixels
+    ({"size": [12, 16], "counts": "0"}, "runs add up to .* pixels, not the 12x16 frame"),
+    ({"size": [12, 16], "counts": "V148000"}, "runs add up to .* pixels, not the 12x16 frame"),  # a valid string, cut short
     ([[1.0, 1.0, 5.0, 5.0]], "invalid segmentation"),  # a polygon of 2 points
 ])
 def test_rle_that_pycocotools_would_accept_silently(tmp_path, segmentation, message):
     dataset = COCOVideoDataset(coco_json(tmp_path, segmentation), transform=ClipTransform(16))
     with pytest.raises(UserInputError, match=rf"coco\.json \(annotation 3, image id 1\): .*{message}"):
         dataset[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.floats(0.0, 1.0), st.integers(0, 2**31))
+def test_valid_rle_in_any_form_decodes(height, width, density, seed):
+    """Every string pycocotools encodes passes the run-length check, and so do valid runs it would
+    not write itself (zero-length runs in the middle or at the end)."""
+    mask = np.random.default_rng(seed).random((height, width)) < density
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    decoded = decode_segmentation({"size": [height, width], "counts": rle["counts"].decode()}, height, width, "x")
+    np.testing.assert_array_equal(decoded, mask)
+    runs, value = [0], False  # column-major runs, starting with background
+    for pixel in mask.ravel(order="F"):
+        if pixel != value:
+            runs.append(0)
+            value = pixel
+        runs[-1] += 1
+    padded = runs[:1] + [0, 0] + runs[1:] + [0]  # the same mask with empty runs inserted
+    for counts in (runs, padded):
+        decoded = decode_segmentation({"size": [height, width], "counts": counts}, height, width, "x")
+        np.testing.assert_array_equal(decoded, mask)
 
 
 def test_json_missing_required_keys(tmp_path):
