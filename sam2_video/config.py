@@ -101,7 +101,7 @@ class DataSection:
     explicit_prompts: bool = False
     augment: bool = True
     image_root: str | None = None  # coco: folder the JSON's image paths are relative to
-    annotations_path: str | None = None  # sav: folder of <video>_manual.json masklets
+    annotations_path: str | None = None  # sav: folder of <video>_manual.json (or _auto.json) masklets
     sav_annotation_kind: str = "manual"  # sav: manual (<video>_manual.json) or auto (<video>_auto.json)
     video_list: str | None = None  # vos, sav, video: text file naming the videos to use (default: all)
     prompts_dir: str | None = None  # vos: folder of <video>.json explicit prompts
@@ -307,11 +307,11 @@ def recipe_prompt_probabilities(prompt_types: list[str]) -> dict[str, float]:
     `prob_to_use_box_input_for_train` (a box rather than a click). A kind left free keeps the
     official value, so all three kinds give {}."""
     kinds = set(prompt_types)
+    if not kinds & {"point", "bbox"}:
+        return {"prob_to_use_pt_input_for_train": 0.0}  # masks only: the box probability plays no part
     probabilities = {}
     if "mask" not in kinds:
         probabilities["prob_to_use_pt_input_for_train"] = 1.0
-    elif not kinds & {"point", "bbox"}:
-        probabilities["prob_to_use_pt_input_for_train"] = 0.0
     if "bbox" not in kinds:
         probabilities["prob_to_use_box_input_for_train"] = 0.0
     elif "point" not in kinds:

@@ -9,18 +9,22 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python's `random`."""
-    torch.manual_seed(seed)
+def seed_everything(seed: int, cuda: bool = True) -> None:
+    """Seed torch (CPU, and CUDA unless `cuda=False`), numpy and python's `random`."""
+    if cuda:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Every global RNG the training step may draw from."""
+def capture_rng_state(cuda: bool = True) -> dict[str, Any]:
+    """Every global RNG the training step may draw from (CUDA's left out with `cuda=False`, as data
+    loading must: reading it initialises CUDA, which a forked DataLoader worker cannot do)."""
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_available() else [],
         "numpy": _numpy_state_to_tensors(np.random.get_state()),
         "python": random.getstate(),
     }

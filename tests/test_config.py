@@ -123,7 +123,7 @@ def test_cli_reports_a_trainable_module_that_matches_nothing(capsys) -> None:
 @pytest.mark.parametrize(("prompt_types", "expected"), [
     (["point"], {"prob_to_use_pt_input_for_train": 1.0, "prob_to_use_box_input_for_train": 0.0}),
     (["bbox"], {"prob_to_use_pt_input_for_train": 1.0, "prob_to_use_box_input_for_train": 1.0}),
-    (["mask"], {"prob_to_use_pt_input_for_train": 0.0, "prob_to_use_box_input_for_train": 0.0}),
+    (["mask"], {"prob_to_use_pt_input_for_train": 0.0}),
     (["point", "bbox"], {"prob_to_use_pt_input_for_train": 1.0}),
     (["point", "mask"], {"prob_to_use_box_input_for_train": 0.0}),
     (["mask", "bbox", "point"], {}),

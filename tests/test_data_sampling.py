@@ -86,3 +86,16 @@ def test_loader_shards_over_ranks_and_changes_order_each_epoch():
     epoch_0 = names[0]
     shards[0].sampler.set_epoch(1)
     assert [batch.video_names[0] for batch in shards[0]] != epoch_0
+
+
+def test_loading_leaves_cuda_alone(monkeypatch):
+    """Reading or seeding CUDA's generator initialises CUDA, which a forked DataLoader worker cannot
+    do once the trainer has put the model on a GPU: clips draw on the CPU generators only."""
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("data loading touched CUDA's random generator")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state_all", "set_rng_state_all", "manual_seed_all", "manual_seed"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    dataset = SyntheticVideoDataset(2, num_frames=4, image_size=16, clip_sampler=SAM2ClipSampler(num_frames=2))
+    assert len(batches_of(build_dataloader(dataset, batch_size=1, seed=0, pin_memory=False))) == 2

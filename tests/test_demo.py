@@ -73,7 +73,9 @@ def test_stcn_checkpoint_predicts_through_the_cli(stcn_demo: Path, tmp_path: Pat
             "--video", str(video), "--annotations", str(annotations), "--out", str(out)]
     assert main(argv) == 0
     # the same tracking as the demo's validation of the same weights
-    for png in sorted((stcn_demo / "eval" / "finetuned" / video.name).glob("*.png")):
+    expected = sorted((stcn_demo / "eval" / "finetuned" / video.name).glob("*.png"))
+    assert len(expected) == len(list(video.iterdir()))
+    for png in expected:
         np.testing.assert_array_equal(read_mask_png(out / png.name), read_mask_png(png))
 
 
@@ -95,6 +97,7 @@ def test_stcn_predict_needs_an_stcn_training_checkpoint(stcn_demo: Path, tmp_pat
         return capsys.readouterr().err
 
     assert "STCN has no pretrained weights" in predict()
+    assert "--config names a SAM2 preset" in predict("--config", "sam2.1_hiera_t")
     assert "not an STCN training checkpoint" in predict("--checkpoint", str(exported))
     assert "do not fit the STCN its config describes" in predict("--checkpoint", str(truncated))
     assert "multiple of 16" in predict("--checkpoint", str(stcn_demo / "train" / "last.pt"), "--image-size", "70")

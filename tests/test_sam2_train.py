@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import require_reference
 from sam2_video.data.batch import BatchedVideoDatapoint
 from sam2_video.errors import UserInputError
-from sam2_video.model.sam2_train import SAM2Model
+from sam2_video.model.sam2_train import FeatureCache, SAM2Model
 from sam2_video.predict.frames import load_video_frames
 from sam2_video.predict.video_predictor import SAM2VideoPredictor
 from sam2_video.train import prompt_sampling
@@ -232,7 +232,11 @@ def test_feature_cache_gives_the_same_outputs_and_skips_the_encoder():
         model.feature_cache = None
         uncached = model(batch)
     assert calls == [3, 3]  # cached run: no encoder call
-    for a, b, c in zip(first, second, uncached):
+    model.feature_cache = FeatureCache(2)  # smaller than a batch's 3 frames: evicts while filling
+    with torch.no_grad():
+        small = model(batch)
+    for a, b, c, d in zip(first, second, uncached, small):
+        torch.testing.assert_close(a["pred_masks_high_res"], d["pred_masks_high_res"], rtol=0, atol=0)
         torch.testing.assert_close(a["pred_masks_high_res"], b["pred_masks_high_res"], rtol=0, atol=0)
         torch.testing.assert_close(a["pred_masks_high_res"], c["pred_masks_high_res"], rtol=0, atol=0)
 

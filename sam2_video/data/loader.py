@@ -64,8 +64,8 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, item_seed = key
-        saved = capture_rng_state()
-        seed_everything(item_seed)
+        saved = capture_rng_state(cuda=False)  # clips draw on the CPU generators only
+        seed_everything(item_seed, cuda=False)
         try:
             return self.dataset[index]
         finally:
@@ -86,10 +86,12 @@ def build_dataloader(
     """A DataLoader whose batches depend only on `seed` and the epoch (`loader.sampler.set_epoch`).
 
     `rank`/`world_size` default to torch.distributed's when it is initialised (each rank reads its
-    own shard; the last batch is padded by repeating clips, as DistributedSampler does). Workers are
+    own shard; the shards are evened out by repeating clips, as DistributedSampler does). Workers are
     restarted each epoch (not persistent), so dataset attributes changed between epochs, such as an
     STCN sampler's `max_jump`, reach them. `pin_memory` defaults to CUDA being available.
     """
+    if (rank is None) != (world_size is None):
+        raise ValueError(f"give rank and world_size together, got rank={rank}, world_size={world_size}")
     if rank is None or world_size is None:
         initialised = dist.is_available() and dist.is_initialized()
         rank, world_size = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)

@@ -98,7 +98,7 @@ class FeatureCache:
     Valid only while the image encoder is frozen and frames are not augmented: the key is
     (video name, frame name, height, width). Per frame it stores the FPN levels [C,h,w] (after the
     decoder's high-res projections while those are frozen, before them while they are trained,
-    which costs 8x the memory on level 0); the position encodings depend on the image size alone
+    which costs 8x the memory on level 0 and 4x on level 1); the position encodings depend on the image size alone
     and are stored once per size. Changing the trainable modules clears it.
     """
 
@@ -348,14 +348,15 @@ class SAM2Model(SAM2):
         for flat in used.tolist():
             b, t = divmod(flat, batch.num_frames)
             keys.append((batch.video_names[b], batch.frame_names[b][t], *size))
-        missing = [i for i, key in enumerate(keys) if cache.get(key) is None]
+        per_frame = [cache.get(key) for key in keys]  # held here: putting new frames may evict these
+        missing = [i for i, levels in enumerate(per_frame) if levels is None]
         if missing or cache.pos_enc(size) is None:
             with torch.no_grad():
                 fresh = frozen_part(images[missing] if missing else images[:1])
             cache.put_pos_enc(size, [x[:1] for x in fresh["vision_pos_enc"]])
             for j, i in enumerate(missing):
-                cache.put(keys[i], [level[j] for level in fresh["backbone_fpn"]])
-        per_frame = [cache.get(key) for key in keys]
+                per_frame[i] = [level[j] for level in fresh["backbone_fpn"]]
+                cache.put(keys[i], per_frame[i])
         levels = [torch.stack(parts) for parts in zip(*per_frame)]
         pos_enc = [x.expand(len(keys), -1, -1, -1) for x in cache.pos_enc(size)]
         return {"backbone_fpn": levels, "vision_pos_enc": pos_enc, "vision_features": levels[-1]}

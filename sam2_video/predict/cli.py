@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="SAM2 preset, e.g. sam2.1_hiera_t (default: from the checkpoint's file name)")
     parser.add_argument("--checkpoint", type=Path, help="sam2: an official SAM2/SAM2.1 checkpoint or an exported "
                         "one (without it the weights are random); stcn: last.pt or best.pt of an STCN training run")
-    parser.add_argument("--image-size", type=int, help="model input size (default: the preset's)")
+    parser.add_argument("--image-size", type=int, help="model input size (default: the preset's; stcn: the trained one)")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--mask", type=Path, help="first-frame mask PNG (palette ids, or 0/255 for one object)")
     prompt.add_argument("--annotations", type=Path,
@@ -95,6 +95,8 @@ def build_predictor(args: argparse.Namespace) -> VideoPredictor:
     if args.model == "stcn":
         from sam2_video.predict.stcn_predictor import build_stcn_video_predictor
 
+        if args.config is not None:
+            raise UserInputError("--config names a SAM2 preset; --model stcn takes its sizes from --checkpoint")
         return build_stcn_video_predictor(checkpoint=args.checkpoint, device=args.device, image_size=args.image_size)
     from sam2_video.predict.video_predictor import build_sam2_video_predictor
 

@@ -240,8 +240,8 @@ def build_stcn_video_predictor(
     """
     if checkpoint is None:
         raise UserInputError(
-            "STCN has no pretrained weights to fall back on: give --checkpoint with a training checkpoint "
-            "(last.pt or best.pt) of `sam2-video train` with model: stcn"
+            "STCN has no pretrained weights to fall back on: give a training checkpoint (last.pt or best.pt "
+            "of `sam2-video train` with model: stcn; --checkpoint on the command line)"
         )
     loaded = load_training_checkpoint(checkpoint)
     model_config = (loaded.get("config") or {}).get("model") or {}
@@ -255,6 +255,9 @@ def build_stcn_video_predictor(
         model_config = dict(model_config, image_size=image_size)
     try:
         config = STCNConfig.from_model_settings(model_config)
+        mem_every = model_config["stcn_mem_every"]
+    except KeyError as err:
+        raise UserInputError(f"{checkpoint}: its config lacks the STCN setting {err}") from None
     except ValueError as err:
         raise UserInputError(f"{checkpoint}: {err}") from None
     model = STCN(config)
@@ -267,7 +270,7 @@ def build_stcn_video_predictor(
             f"{checkpoint}: its weights do not match the STCN its config describes: missing "
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-    return STCNVideoPredictor(model.to(device), mem_every=model_config["stcn_mem_every"])
+    return STCNVideoPredictor(model.to(device), mem_every=mem_every)
 
 
 def _check_frame_idx(state: InferenceState, frame_idx: Any, what: str = "frame_idx") -> int:

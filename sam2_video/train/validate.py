@@ -23,7 +23,7 @@ from sam2_video.model.sam2 import SAM2
 from sam2_video.model.stcn import STCN
 from sam2_video.predict.masks_io import write_palette_png
 from sam2_video.predict.stcn_predictor import STCNVideoPredictor
-from sam2_video.predict.tracking import VideoPredictor, check_prompts, mask_prompts_from_annotations, track_video
+from sam2_video.predict.tracking import VideoPredictor, mask_prompts_from_annotations, track_video
 from sam2_video.predict.video_predictor import SAM2VideoPredictor
 
 
@@ -60,7 +60,6 @@ def predict_video(
     prompts = mask_prompts_from_annotations(
         annotation_folder, frame_names, (state["video_height"], state["video_width"]), frames_folder
     )
-    check_prompts(prompts, state, frames_folder, frame_names)
     for frame_idx, ids in track_video(predictor, state, prompts, objects_start_together):
         write_palette_png(out_folder / f"{frame_names[frame_idx]}.png", ids)
 
