@@ -72,6 +72,13 @@ class SeededItems(Dataset):
             restore_rng_state(saved)
 
 
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of this process under torch.distributed, (0, 1) without it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def build_dataloader(
     dataset: Dataset,
     batch_size: int,
@@ -93,8 +100,7 @@ def build_dataloader(
     if (rank is None) != (world_size is None):
         raise ValueError(f"give rank and world_size together, got rank={rank}, world_size={world_size}")
     if rank is None or world_size is None:
-        initialised = dist.is_available() and dist.is_initialized()
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
+        rank, world_size = distributed_rank_and_size()
     return DataLoader(
         SeededItems(dataset),
         batch_size=batch_size,

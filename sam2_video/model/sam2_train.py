@@ -98,8 +98,8 @@ class FeatureCache:
     Valid only while the image encoder is frozen and frames are not augmented: the key is
     (video name, frame name, height, width). Per frame it stores the FPN levels [C,h,w] (after the
     decoder's high-res projections while those are frozen, before them while they are trained,
-    which costs 8x the memory on level 0 and 4x on level 1); the position encodings depend on the image size alone
-    and are stored once per size. Changing the trainable modules clears it.
+    which costs 8x the memory on level 0 and 4x on level 1); the position encodings depend on the
+    image size alone and are stored once per size. Changing the trainable modules clears it.
     """
 
     def __init__(self, max_frames: int) -> None:

@@ -34,6 +34,7 @@ from sam2_video.data import (
     collate_fn,
     stcn_max_jump,
 )
+from sam2_video.data.loader import distributed_rank_and_size
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
 from sam2_video.rng import seed_everything
@@ -45,7 +46,6 @@ from sam2_video.train.trainer import (
     Trainer,
     TrainResult,
     Validator,
-    distributed_rank_and_size,
     optimizer_steps_per_epoch,
 )
 

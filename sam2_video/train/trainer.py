@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from sam2_video.config import TrainSection
 from sam2_video.errors import UserInputError
-from sam2_video.data.loader import build_dataloader
+from sam2_video.data.loader import build_dataloader, distributed_rank_and_size
 from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
 from sam2_video.train.checkpoint import CHECKPOINT_FORMAT, load_training_checkpoint, save_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY
@@ -36,12 +36,6 @@ Validator = Callable[[nn.Module], dict[str, float]]
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN / infinite loss or gradient; the message names the step and the videos."""
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def resolve_device(name: str) -> torch.device:
