@@ -1,4 +1,5 @@
-"""Atomic file writes: outputs appear whole or not at all, and nothing already there is lost half-written."""
+"""Writing outputs safely: atomic file writes (outputs appear whole or not at all) and the checks made
+before a command writes anything (the location is writable, of the right kind, and not an input folder)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from sam2_video.errors import UserInputError
 
 
 def _default_file_mode() -> int:
@@ -35,3 +38,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, option: str) -> None:
+    """Refuse `path` as an output folder before anything is written: it is a file, lies under a file,
+    or its nearest existing folder is not writable. The message names `option` (e.g. "--out") and the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{option} {path}: is a file, expected a folder")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise UserInputError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"{option} {path}: cannot write in {existing} (permission denied)")
+
+
+def check_output_file(path: str | os.PathLike, option: str, overwrite: bool = False) -> None:
+    """Refuse `path` as an output file before anything is written: it is a folder, it exists and
+    `overwrite` is false, or its folder cannot be made or written (see `check_output_folder`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{option} {path}: is a folder, expected a file name")
+    if path.exists() and not overwrite:
+        raise UserInputError(f"{option} {path}: the file exists; nothing was written (choose another name "
+                             "or pass --overwrite)")
+    check_output_folder(path.parent, option)
+
+
+def check_not_inside_inputs(output: str | os.PathLike, option: str, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output that is, or lies inside, one of the `inputs` folders ({option: path}), whatever
+    the other flags say: writing there would replace the user's own files."""
+    out = Path(os.path.realpath(output))
+    for input_option, input_path in inputs.items():
+        if input_path is None or not Path(input_path).is_dir():
+            continue
+        folder = Path(os.path.realpath(input_path))
+        if out == folder or folder in out.parents:
+            raise UserInputError(f"{option} {output} is inside {input_option} {input_path}: outputs never go "
+                                 "into an input folder; choose another location")
