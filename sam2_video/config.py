@@ -2,7 +2,8 @@
 
 `load_config(path, overrides)` reads the file, applies command-line overrides such as
 `train.lr=1e-5`, and checks every key and value against the dataclasses below: an unknown key
-names the closest valid one, a value of the wrong type names the key and the expected type.
+names the closest valid one, a value of the wrong type names the key and the expected type, and
+either error names the override that brought the key in, or else the file.
 `RunConfig.to_dict()` is the resolved config saved into checkpoints.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 
@@ -24,6 +25,7 @@ STCN_KEY_BACKBONES = (18, 50)
 DATASET_TYPES = ("video", "coco", "vos", "sav", "synthetic")
 PROMPT_TYPES = ("point", "bbox", "mask")
 SAV_ANNOTATION_KINDS = ("manual", "auto")
+Where = Callable[[str], str]  # dotted key -> where its value came from (the file or a command-line override)
 # what `dataset.data_path` must hold, per dataset_type
 DATA_PATH_CONTENTS = {
     "video": "a folder of video folders of frames, <data_path>/<video>/<frame>.jpg",
@@ -179,14 +181,23 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if loaded is not None and not isinstance(loaded, dict):
             raise UserInputError(f"{path}: expected a mapping with model:, dataset:, train: at the top level")
         raw = loaded or {}
-    for override in overrides:
-        _apply_override(raw, override)
-    config = _build(RunConfig, raw, prefix="", source=source)
-    _check_values(config, source)
+    overridden = {_apply_override(raw, override): override for override in overrides}
+
+    def where(key: str) -> str:
+        """The override that set `key` (or a section holding it, or a key inside it), else the file."""
+        key = key.split("[")[0]
+        for name, override in reversed(overridden.items()):
+            if key == name or key.startswith(f"{name}.") or name.startswith(f"{key}."):
+                return f"command-line override {override!r}"
+        return source
+
+    config = _build(RunConfig, raw, prefix="", where=where)
+    _check_values(config, f"{source} with command-line overrides" if overrides else source)
     return config
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def _apply_override(raw: dict[str, Any], override: str) -> str:
+    """Set `section.key=value` in `raw`; returns the dotted key."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise UserInputError(f"override {override!r}: expected section.key=value, e.g. train.lr=1e-5")
@@ -201,6 +212,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node[leaf] = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as err:
         raise UserInputError(f"override {override!r}: value is not valid YAML: {err}") from None
+    return key.strip()
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -214,7 +226,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(source: str, key: str, cls: type, prefix: str) -> UserInputError:
+def _unknown_key_error(where: Where, key: str, cls: type, prefix: str) -> UserInputError:
     full_key = f"{prefix}{key}"
     section_keys = [f"{prefix}{f.name}" for f in dataclasses.fields(cls)]
     candidates = difflib.get_close_matches(full_key, section_keys, n=1, cutoff=0.5)
@@ -222,26 +234,26 @@ def _unknown_key_error(source: str, key: str, cls: type, prefix: str) -> UserInp
         candidates = difflib.get_close_matches(full_key, _all_keys(RunConfig), n=1, cutoff=0.5)
     hint = f"; did you mean '{candidates[0]}'?" if candidates else ""
     valid = ", ".join(f.name for f in dataclasses.fields(cls))
-    where = f"section '{prefix[:-1]}'" if prefix else "the top level"
-    return UserInputError(f"{source}: unknown key '{full_key}'{hint} (valid keys in {where}: {valid})")
+    section = f"section '{prefix[:-1]}'" if prefix else "the top level"
+    return UserInputError(f"{where(full_key)}: unknown key '{full_key}'{hint} (valid keys in {section}: {valid})")
 
 
-def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, values: Any, prefix: str, where: Where) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise UserInputError(f"{source}: '{prefix[:-1]}' must be a mapping of keys to values, got {values!r}")
+        raise UserInputError(f"{where(prefix[:-1])}: '{prefix[:-1]}' must be a mapping of keys to values, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise _unknown_key_error(source, str(key), cls, prefix)
+            raise _unknown_key_error(where, str(key), cls, prefix)
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{prefix}{key}.", source)
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", where)
         else:
-            kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}", where)
     return cls(**kwargs)
 
 
@@ -254,7 +266,7 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else hint.__name__
 
 
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str, where: Where) -> Any:
     """Check `value` against the field type `hint`; ints are accepted for floats."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -265,7 +277,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key, source)
+                return _coerce(value, arg, key, where)
             except UserInputError:
                 continue
     elif origin is list:
@@ -273,7 +285,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             value = [value, value]
         if isinstance(value, (list, tuple)):
             (item_hint,) = typing.get_args(hint)
-            return [_coerce(item, item_hint, f"{key}[{i}]", source) for i, item in enumerate(value)]
+            return [_coerce(item, item_hint, f"{key}[{i}]", where) for i, item in enumerate(value)]
     elif hint is bool:
         if isinstance(value, bool):
             return value
@@ -291,7 +303,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise UserInputError(f"{source}: '{key}' must be {_type_name(hint)}, got {value!r}")
+    raise UserInputError(f"{where(key)}: '{key}' must be {_type_name(hint)}, got {value!r}")
 
 
 def _check_choice(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:
