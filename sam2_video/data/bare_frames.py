@@ -1,6 +1,6 @@
 """Bare frame folders without labels: `<data_path>/<video>/<frame>.jpg|png`.
 
-Each clip gets generated objects (textured shapes that move, rotate and occlude each other, from
+Every frame's header is checked when the dataset is built (`file_check`). Each clip gets generated objects (textured shapes that move, rotate and occlude each other, from
 `synthetic`) composited over its real frames, so the ground truth is known exactly.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sam2_video.data.clip_dataset import ClipDataset, Objects
+from sam2_video.data.file_check import check_videos
 from sam2_video.data.prompts import PromptGenerator
 from sam2_video.data.readers import list_frames, read_frame, read_video_list
 from sam2_video.data.sampling import ClipSampler, ClipSelection
@@ -47,6 +48,7 @@ class VideoDataset(ClipDataset):
             raise UserInputError(f"{self.data_path}: no video folders found; expected <data_path>/<video>/<frame>.jpg")
         self.num_objects = num_objects
         self._frames = [list_frames(self.data_path / video) for video in self.videos]
+        check_videos(self._frames)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -76,10 +78,7 @@ class VideoDataset(ClipDataset):
     def load_clip(
         self, index: int, selection: ClipSelection, rng: np.random.Generator
     ) -> tuple[np.ndarray, torch.Tensor, list[int]]:
-        frames = [self.read_image(index, frame) for frame in selection.frame_indices]
-        sizes = {frame.shape for frame in frames}
-        if len(sizes) != 1:
-            raise UserInputError(f"{self.data_path / self.videos[index]}: frames of one video must share one size, found {sorted(sizes)}")
+        frames = [self.read_image(index, frame) for frame in selection.frame_indices]  # one size: check_videos
         background = np.stack(frames).astype(np.float32) / 255
         num_frames, height, width, _ = background.shape
         count = int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))

@@ -79,6 +79,10 @@ class ClipDataset(Dataset):
         """Where a frame comes from, for error messages."""
         return f"{self.video_name(index)}/{self.frame_names(index)[frame]}"
 
+    def why_no_object(self, index: int) -> str | None:
+        """Why video `index` may show no object although its masks hold labels (e.g. void values), if known."""
+        return None
+
     # --- shared machinery ---------------------------------------------------------------------
     def objects(self, index: int, frame: int) -> Objects:
         """`read_objects` through a bounded LRU cache of decoded masks."""
@@ -134,9 +138,12 @@ class ClipDataset(Dataset):
             )
             if selection is not None:
                 return index, selection
-            tried.append(self.video_name(index))
+            tried.append(index)
             index = int(rng.integers(len(self)))
-        raise UserInputError(f"no object is visible on the first frame of any sampled clip of {', '.join(tried)}; are the masks empty?")
+        reasons = (self.why_no_object(i) for i in dict.fromkeys(tried))
+        reason = next((r for r in reasons if r is not None), "are the masks empty?")
+        videos = ", ".join(self.video_name(i) for i in dict.fromkeys(tried))
+        raise UserInputError(f"no object is visible on the first frame of any sampled clip of {videos}; {reason}")
 
     def __getitem__(self, index: int) -> VideoClip:
         seed = int(torch.randint(0, 2**62, ()))

@@ -7,7 +7,9 @@
 `segmentation` is RLE (compressed string or uncompressed counts) or polygons. An object is followed
 across frames by `object_id` (or `track_id`); without either, the k-th annotation of each image is
 object k (1-based). Every listed image is an annotated frame. Relative `path`s are resolved against
-`image_root` (default: the JSON's folder).
+`image_root` (default: the JSON's folder). `order_in_video` must be an integer (a string of digits is
+read as its number), distinct within a video. Every image file's header is checked against its
+`width` and `height` when the dataset is built (`file_check`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 
 from sam2_video.data.batch import ObjectPrompt
 from sam2_video.data.clip_dataset import ClipDataset, Objects
+from sam2_video.data.file_check import check_videos
 from sam2_video.data.prompts import PromptGenerator
 from sam2_video.data.readers import read_frame
 from sam2_video.data.rle import decode_segmentation, require_keys
@@ -57,17 +60,18 @@ class COCOVideoDataset(ClipDataset):
             raise UserInputError(f"{self.json_path}: not valid JSON ({err})") from err
         require_keys(content, ("images", "annotations"), self.json_path, "the JSON")
 
-        frames_by_video: dict[object, list[dict]] = defaultdict(list)
+        frames_by_video: dict[object, list[tuple[int, dict]]] = defaultdict(list)
         for number, image in enumerate(content["images"]):
             require_keys(image, IMAGE_KEYS, self.json_path, f"images[{number}]")
-            frames_by_video[image["video_id"]].append(image)
+            frames_by_video[image["video_id"]].append((self._order(number, image), image))
         if not frames_by_video:
             raise UserInputError(f"{self.json_path}: \"images\" is empty")
         self.videos = sorted(frames_by_video, key=str)
-        self._frames = [sorted(frames_by_video[video], key=lambda image: image["order_in_video"]) for video in self.videos]
+        self._frames = [self._in_order(video, frames_by_video[video]) for video in self.videos]
         position = {image["id"]: (v, f) for v, frames in enumerate(self._frames) for f, image in enumerate(frames)}
 
-        self._annotations: dict[tuple[int, int], list[tuple[int, dict]]] = defaultdict(list)
+        # (object id, annotation, its index in "annotations") per (video, frame)
+        self._annotations: dict[tuple[int, int], list[tuple[int, dict, int]]] = defaultdict(list)
         for number, annotation in enumerate(content["annotations"]):
             require_keys(annotation, ANNOTATION_KEYS, self.json_path, f"annotations[{number}]")
             if annotation["image_id"] not in position:
@@ -75,7 +79,43 @@ class COCOVideoDataset(ClipDataset):
             key = position[annotation["image_id"]]
             object_id = annotation.get("object_id", annotation.get("track_id"))
             object_id = len(self._annotations[key]) + 1 if object_id is None else int(object_id)
-            self._annotations[key].append((object_id, annotation))
+            self._annotations[key].append((object_id, annotation, number))
+        self._check_image_files()
+
+    def _order(self, number: int, image: dict) -> int:
+        """`order_in_video` as an int (an int, or a string of one); an error names the image otherwise."""
+        order = image["order_in_video"]
+        if isinstance(order, str) and order.strip().lstrip("+-").isdigit():
+            return int(order)
+        if isinstance(order, int) and not isinstance(order, bool):
+            return order
+        raise UserInputError(
+            f"{self.json_path}: images[{number}] (image id {image['id']!r}) has order_in_video {order!r}; "
+            f"expected an integer giving the frame's position in its video"
+        )
+
+    def _in_order(self, video: object, frames: list[tuple[int, dict]]) -> list[dict]:
+        """A video's image records sorted by order; two images with one order are an error naming both."""
+        frames = sorted(frames, key=lambda item: item[0])
+        for (order, first), (next_order, second) in zip(frames, frames[1:]):
+            if order == next_order:
+                raise UserInputError(
+                    f"{self.json_path}: video {video!r} has images {first['id']!r} and {second['id']!r} both at "
+                    f"order_in_video {order}; each frame of a video needs its own order"
+                )
+        return [image for _, image in frames]
+
+    def _check_image_files(self) -> None:
+        """Every image file opens and has its record's width and height (headers only, see `file_check`)."""
+        paths = [[self._path(v, f) for f in range(len(frames))] for v, frames in enumerate(self._frames)]
+        for v, video_sizes in enumerate(check_videos(paths)):
+            for f, (height, width) in enumerate(video_sizes):
+                record = self._frames[v][f]
+                if (height, width) != (record["height"], record["width"]):
+                    raise UserInputError(
+                        f"{paths[v][f]}: the frame is {width}x{height} but {self.json_path} gives width "
+                        f"{record['width']} and height {record['height']} (image id {record['id']!r})"
+                    )
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -97,33 +137,32 @@ class COCOVideoDataset(ClipDataset):
         return f"{self._path(index, frame)} (image id {self._frames[index][frame]['id']} in {self.json_path})"
 
     def read_image(self, index: int, frame: int) -> np.ndarray:
-        image = read_frame(self._path(index, frame))
-        record = self._frames[index][frame]
-        if image.shape[:2] != (record["height"], record["width"]):
-            raise UserInputError(
-                f"{self._path(index, frame)}: the frame is {image.shape[1]}x{image.shape[0]} but {self.json_path} "
-                f"gives width {record['width']} and height {record['height']}"
-            )
-        return image
+        return read_frame(self._path(index, frame))
+
+    def _annotation_name(self, annotation: dict, number: int, image_id: object) -> str:
+        """`<json>: annotations[7] (id 12, image id 3)`, without the id when the annotation has none."""
+        ids = ([f"id {annotation['id']!r}"] if "id" in annotation else []) + [f"image id {image_id!r}"]
+        return f"{self.json_path}: annotations[{number}] ({', '.join(ids)})"
 
     def read_objects(self, index: int, frame: int) -> Objects:
         record = self._frames[index][frame]
         objects: Objects = {}
-        for object_id, annotation in self._annotations.get((index, frame), []):
-            source = f"{self.json_path} (annotation {annotation.get('id', '?')}, image id {record['id']})"
+        for object_id, annotation, number in self._annotations.get((index, frame), []):
+            source = self._annotation_name(annotation, number, record["id"])
             mask = decode_segmentation(annotation["segmentation"], record["height"], record["width"], source)
             objects[object_id] = objects[object_id] | mask if object_id in objects else mask
         return objects
 
     def read_prompts(self, index: int, frame: int) -> dict[int, ObjectPrompt]:
         prompts = {}
-        for object_id, annotation in self._annotations.get((index, frame), []):
+        for object_id, annotation, number in self._annotations.get((index, frame), []):
             if "point_coords" not in annotation and "box" not in annotation:
                 continue
             coords = torch.tensor(annotation.get("point_coords", []), dtype=torch.float32).view(-1, 2)
             labels = torch.tensor(annotation.get("point_labels", [1] * len(coords)), dtype=torch.int32).view(-1)
             if len(labels) != len(coords):
-                raise UserInputError(f"{self.json_path}: annotation {annotation.get('id', '?')} has {len(coords)} point_coords but {len(labels)} point_labels")
+                raise UserInputError(f"{self._annotation_name(annotation, number, self._frames[index][frame]['id'])}: "
+                                     f"{len(coords)} point_coords but {len(labels)} point_labels")
             box = torch.tensor(annotation["box"], dtype=torch.float32).view(4) if annotation.get("box") is not None else None
             prompts[object_id] = ObjectPrompt(point_coords=coords, point_labels=labels, box=box)
         return prompts

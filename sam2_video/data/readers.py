@@ -38,6 +38,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.height, image.width
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserInputError(f"{path}: cannot read the file as an image ({err})") from err
 
@@ -74,6 +76,17 @@ def read_id_map(path: Path, ignore_ids: Iterable[int] = ()) -> np.ndarray:
     for ignored in ignore_ids:
         ids[ids == ignored] = 0
     return ids
+
+
+def dropped_values(path: Path, ignore_ids: Iterable[int] = ()) -> list[int]:
+    """Non-zero pixel values of a mask PNG that `read_id_map` turns into background: 255 (void) in a
+    palettized mask, and `ignore_ids`. Decodes the pixels; meant for explaining an empty mask."""
+    with Image.open(path) as image:
+        mode, values = image.mode, np.unique(np.asarray(image))
+    dropped = set(int(v) for v in values) & set(ignore_ids)
+    if mode == "P" and VOID_ID in values:
+        dropped.add(VOID_ID)
+    return sorted(dropped - {0})
 
 
 def split_ids(ids: np.ndarray) -> dict[int, np.ndarray]:

@@ -2,7 +2,8 @@
 
 `masklet` holds one list per annotated frame with one COCO RLE per object (None where absent);
 annotated frame k is video frame k * `ann_every` (SA-V: 24 fps frames annotated at 6 fps, so 4).
-Object ids are the masklet's position + 1 (0 stays background). Frames are named by their number.
+Object ids are the masklet's position + 1 (0 stays background). Frames are named by their number;
+their headers are checked when the dataset is built (`file_check`), the JSONs when a clip reads them.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sam2_video.data.clip_dataset import ClipDataset, Objects
+from sam2_video.data.file_check import check_videos
 from sam2_video.data.prompts import PromptGenerator
 from sam2_video.data.readers import list_frames, read_frame, read_video_list
 from sam2_video.data.rle import decode_segmentation, require_keys
@@ -106,6 +108,7 @@ class SAVJsonDataset(ClipDataset):
         if not self.videos:
             raise UserInputError(f"{self.annotations_root}: no *{self.suffix} annotation files")
         self._frames = [self._numbered_frames(video) for video in self.videos]
+        check_videos([[path for _, path in frames] for frames in self._frames])
         self.annotation_cache_size = annotation_cache_size
         self._annotations: OrderedDict[int, SAVAnnotation] = OrderedDict()
 

@@ -1,7 +1,11 @@
 """DAVIS / YouTube-VOS / BCSS folders: `<root>/JPEGImages/<video>/<frame>.jpg|png` + `<root>/Annotations/<video>/<frame>.png`.
 
 Masks may exist for only some frames (YouTube-VOS and SA-V annotate every k-th frame); a mask must
-share its frame's name. Explicit prompts may come from `<prompts_dir>/<video>.json`:
+share its frame's name. Clips are drawn from the annotated frames only, as the official SAM2 sampler
+does: a frame without a mask has no ground truth to train on, and counting it as empty would teach
+that the objects vanished. So a clip skips unannotated frames and a video whose first masks are
+missing starts at its first annotated frame; one line at start-up says how many frames that leaves
+out. Every frame's and mask's header is checked when the dataset is built (`file_check`). Explicit prompts may come from `<prompts_dir>/<video>.json`:
 
     {"prompts": [{"frame": "00000", "object_id": 1, "point_coords": [[x, y], ...],
                   "point_labels": [1, 0, ...], "box": [x0, y0, x1, y1]}, ...]}
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +26,9 @@ import torch
 from sam2_video.data.batch import ObjectPrompt
 from sam2_video.data.clip_dataset import ClipDataset, Objects
 from sam2_video.data.prompts import PromptGenerator
-from sam2_video.data.readers import image_size, list_frames, read_frame, read_id_map, read_video_list, split_ids
+from sam2_video.data.file_check import check_videos
+from sam2_video.data.loader import distributed_rank_and_size
+from sam2_video.data.readers import VOID_ID, dropped_values, list_frames, read_frame, read_id_map, read_video_list, split_ids
 from sam2_video.data.sampling import ClipSampler
 from sam2_video.data.transforms import ClipTransform
 from sam2_video.errors import UserInputError
@@ -93,7 +100,26 @@ class VOSFolderDataset(ClipDataset):
         self.prompts_dir = Path(prompts_dir) if prompts_dir is not None else None
         self._frames = [list_frames(self.image_dir / video) for video in self.videos]
         self._masks = [self._match_masks(video, frames) for video, frames in zip(self.videos, self._frames)]
+        check_videos(self._frames, self._masks)
         self._prompts: dict[int, dict[tuple[str, int], ObjectPrompt]] = {}
+        summary = self.unannotated_summary()
+        if summary is not None and distributed_rank_and_size()[0] == 0:
+            print(summary, file=sys.stderr)
+
+    def unannotated_summary(self, examples: int = 3) -> str | None:
+        """One line on the frames without a mask (None when every frame has one), naming a few videos."""
+        missing = [(video, len(frames) - len(masks), frames[min(masks)].stem)
+                   for video, frames, masks in zip(self.videos, self._frames, self._masks) if len(masks) < len(frames)]
+        if not missing:
+            return None
+        total = sum(len(frames) for frames in self._frames)
+        named = ", ".join(f"{video} ({count}, first mask {first})" for video, count, first in missing[:examples])
+        more = f" and {len(missing) - examples} more" if len(missing) > examples else ""
+        return (
+            f"note: {self.mask_dir}: {len(missing)} of {len(self.videos)} videos lack masks for "
+            f"{sum(count for _, count, _ in missing)} of {total} frames: {named}{more}; training clips use "
+            f"only the annotated frames and skip the others"
+        )
 
     def _match_masks(self, video: str, frames: list[Path]) -> dict[int, Path]:
         """{frame index: mask path}; every mask must be named as a frame."""
@@ -133,15 +159,25 @@ class VOSFolderDataset(ClipDataset):
         return read_frame(self._frames[index][frame])
 
     def read_objects(self, index: int, frame: int) -> Objects:
-        mask_path = self._masks[index][frame]
-        ids = read_id_map(mask_path, self.ignore_ids)
-        frame_size = image_size(self._frames[index][frame])
-        if ids.shape != frame_size:
-            raise UserInputError(
-                f"{mask_path}: the mask is {ids.shape[1]}x{ids.shape[0]} but its frame {self._frames[index][frame]} is "
-                f"{frame_size[1]}x{frame_size[0]}; frames and masks must have the same size"
-            )
-        return split_ids(ids)
+        return split_ids(read_id_map(self._masks[index][frame], self.ignore_ids))
+
+    def why_no_object(self, index: int) -> str | None:
+        """Names the first mask whose only labels are void (255 in a palettized mask) or in `ignore_ids`."""
+        for mask in self._masks[index].values():
+            dropped = dropped_values(mask, self.ignore_ids)
+            if not dropped or split_ids(read_id_map(mask, self.ignore_ids)):
+                continue
+            ignored = [value for value in dropped if value in self.ignore_ids]
+            reasons, advice = [], []
+            if VOID_ID in dropped and VOID_ID not in ignored:
+                reasons.append("255 in a palettized mask is void (ignored), not an object")
+                advice.append("give objects ids 1..254 (or save one object as a grayscale 0/255 PNG)")
+            if ignored:
+                reasons.append(f"{', '.join(map(str, ignored))} in dataset.ignore_ids count as background")
+                advice.append("take object ids out of dataset.ignore_ids")
+            values = ", ".join(map(str, dropped))
+            return f"{mask} holds only 0 and {values}: {'; '.join(reasons)}; {' or '.join(advice)}"
+        return None
 
     def read_prompts(self, index: int, frame: int) -> dict[int, ObjectPrompt]:
         if self.prompts_dir is None:
