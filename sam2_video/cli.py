@@ -36,9 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (UserInputError, FileNotFoundError) as err:
-        print(f"sam2-video {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except UserInputError as err:
+        message = str(err)
+    except OSError as err:  # a path the system refused: missing, read-only, a folder for a file, disk full...
+        if err.filename is None and not isinstance(err, FileNotFoundError):
+            raise
+        message = _describe_os_error(err)
+    print(f"sam2-video {args.command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _describe_os_error(err: OSError) -> str:
+    """`path: reason` (`source -> target: reason` for a rename), or the error's own text without a path."""
+    if err.filename is None:
+        return str(err)
+    path = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+    return f"{path}: {err.strerror}"
 
 
 if __name__ == "__main__":

@@ -48,39 +48,48 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _check_can_write_in(folder: Path, option: str, path: Path) -> None:
+    """`folder` can be made (no file in the way) and written, tried with a nameless temporary file in its
+    nearest existing ancestor (permission bits say nothing for root or on read-only or virtual file systems)."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise UserInputError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserInputError(f"{option} {path}: cannot write in {existing} ({err.strerror})") from None
+
+
 def check_output_folder(path: str | os.PathLike, option: str) -> None:
     """Refuse `path` as an output folder before anything is written: it is a file, lies under a file,
-    or its nearest existing folder is not writable. The message names `option` (e.g. "--out") and the path."""
+    or cannot be made or written. The message names `option` (e.g. "--out") and the path."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserInputError(f"{option} {path}: is a file, expected a folder")
-    existing = _nearest_existing(path)
-    if not existing.is_dir():
-        raise UserInputError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserInputError(f"{option} {path}: cannot write in {existing} (permission denied)")
+    _check_can_write_in(path, option, path)
 
 
 def check_output_file(path: str | os.PathLike, option: str, overwrite: bool = False) -> None:
     """Refuse `path` as an output file before anything is written: it is a folder, it exists and
-    `overwrite` is false, or its folder cannot be made or written (see `check_output_folder`)."""
+    `overwrite` is false, or its folder cannot be made or written."""
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"{option} {path}: is a folder, expected a file name")
     if path.exists() and not overwrite:
         raise UserInputError(f"{option} {path}: the file exists; nothing was written (choose another name "
                              "or pass --overwrite)")
-    check_output_folder(path.parent, option)
+    _check_can_write_in(path.parent, option, path)
 
 
 def check_not_inside_inputs(output: str | os.PathLike, option: str, inputs: dict[str, str | os.PathLike | None]) -> None:
-    """Refuse an output that is, or lies inside, one of the `inputs` folders ({option: path}), whatever
-    the other flags say: writing there would replace the user's own files."""
+    """Refuse an output that is one of the `inputs` ({option: path}) or lies inside an input folder,
+    whatever the other flags say: writing there would replace the user's own files."""
     out = Path(os.path.realpath(output))
     for input_option, input_path in inputs.items():
-        if input_path is None or not Path(input_path).is_dir():
+        if input_path is None or not Path(input_path).exists():
             continue
-        folder = Path(os.path.realpath(input_path))
-        if out == folder or folder in out.parents:
-            raise UserInputError(f"{option} {output} is inside {input_option} {input_path}: outputs never go "
-                                 "into an input folder; choose another location")
+        given = Path(os.path.realpath(input_path))
+        if out == given or (given.is_dir() and given in out.parents):
+            raise UserInputError(f"{option} {output} would write into {input_option} {input_path}: outputs never "
+                                 "replace inputs, whatever the flags; choose another location")

@@ -220,7 +220,7 @@ def test_bad_click_prompts(tmp_path: Path, fake_predictor: FakePredictor, prompt
 
 def test_stcn_refuses_clicks(tmp_path: Path):
     with pytest.raises(UserInputError, match="masks only"):
-        run_predict(["--video", str(tmp_path), "--out", str(tmp_path / "out"), "--model", "stcn",
+        run_predict(["--video", str(tmp_path / "frames"), "--out", str(tmp_path / "out"), "--model", "stcn",
                      "--prompts", str(tmp_path / "clicks.json")])
 
 

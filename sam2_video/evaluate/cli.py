@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sam2_video.evaluate.davis import evaluate_davis
-from sam2_video.io import atomic_path
+from sam2_video.io import atomic_path, check_output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predicted masks in the same layout and with the same frame names")
     parser.add_argument("--sequences", nargs="+", metavar="NAME", help="score only these sequences")
     parser.add_argument("--csv", type=Path, help="also write the per-object, per-sequence and dataset rows here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.csv is not None:
+        check_output_file(args.csv, "--csv", args.overwrite)
     result = evaluate_davis(args.gt, args.pred, sequences=args.sequences)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -1,55 +1,104 @@
-"""`sam2-video export CKPT OUT.pt`: the model weights of a training checkpoint, in the official format.
+"""`sam2-video export CKPT OUT.pt`: the model weights of a checkpoint, in the official SAM2 format.
 
 The output is `{"model": state_dict}`, which `sam2_video.model.build.build_sam2(config, OUT.pt)` and the
-official `sam2.build_sam.build_sam2(config_file, OUT.pt)` load. For SAM2 runs the weights are first
-loaded strictly into a model built from the checkpoint's own config, so a file that would not load
-is never written.
+official `sam2.build_sam.build_sam2(config_file, OUT.pt)` load. The weights must fit SAM2 exactly: those of
+a training run are checked against a model built from the run's own config, those of a file without one
+(an official or exported checkpoint) against every SAM2 preset. STCN runs and other models are refused,
+so a file that would not load as SAM2 is never written.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sam2_video.errors import UserInputError
-from sam2_video.io import atomic_path
-from sam2_video.train.checkpoint import load_training_checkpoint
+from sam2_video.io import atomic_path, check_output_file
+from sam2_video.model.build import _describe
+from sam2_video.model.presets import PRESET_NAMES, SAM2Config, sam2_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="training checkpoint (last.pt or best.pt)")
-    parser.add_argument("output", type=Path, help="where to write the official-format weights (must not exist)")
+    parser.add_argument("checkpoint", metavar="CKPT", type=Path,
+                        help="training checkpoint (last.pt or best.pt of a SAM2 run) or official-format weights")
+    parser.add_argument("output", metavar="OUT", type=Path,
+                        help="where to write the official-format weights (must not exist)")
 
 
-def _check_loads_into_sam2(state_dict: dict[str, torch.Tensor], model_config: dict, source: Path) -> str:
-    """Load `state_dict` strictly into SAM2 built from the run's model config; returns the config name."""
+def _load(path: Path) -> dict[str, Any]:
+    """The checkpoint dict at `path`; a UserInputError naming the file if it is not one."""
+    if not path.is_file():
+        raise UserInputError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # the unpickler raises many types (KeyError, IndexError, ...) on other files
+        raise UserInputError(f"{path}: not a PyTorch checkpoint (torch.load failed: {type(err).__name__})") from None
+    model = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise UserInputError(f"{path}: not a checkpoint: expected a dict whose 'model' entry is a state dict of tensors")
+    return checkpoint
+
+
+def _differences(state_dict: dict[str, torch.Tensor], config: SAM2Config) -> dict[str, list[str]]:
+    """How `state_dict` differs from that of SAM2 built with `config`: the non-empty ones of missing keys,
+    unexpected keys and shape mismatches."""
     from sam2_video.model.sam2 import SAM2
-    from sam2_video.model.presets import sam2_config
 
-    config = sam2_config(model_config["config_path"], image_size=model_config["image_size"],
-                         num_maskmem=model_config["num_maskmem"])
     with torch.device("meta"):
-        model = SAM2(config)
-    result = model.load_state_dict(state_dict, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise UserInputError(
-            f"{source}: its weights do not match {config.name}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return config.name
+        expected = SAM2(config).state_dict()
+    found = {
+        "missing keys": [k for k in expected if k not in state_dict],
+        "unexpected keys": [k for k in state_dict if k not in expected],
+        "shape mismatches": [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                             if k in state_dict and state_dict[k].shape != v.shape],
+    }
+    return {what: keys for what, keys in found.items() if keys}
+
+
+def _summary(differences: dict[str, list[str]]) -> str:
+    return "; ".join(f"{len(keys)} {what}: {_describe(keys)}" for what, keys in differences.items())
+
+
+def _check_sam2_weights(checkpoint: dict[str, Any], source: Path) -> None:
+    """Refuse `checkpoint` unless its weights have the keys and shapes of SAM2: of its run's preset for a
+    training checkpoint, of some preset otherwise. The message names the mismatch."""
+    config = checkpoint.get("config")
+    model_config = config.get("model") if isinstance(config, dict) else None
+    state_dict = checkpoint["model"]
+    if isinstance(model_config, dict):
+        if model_config.get("model") != "sam2":
+            raise UserInputError(
+                f"{source}: a {model_config.get('model')!r} training checkpoint, not SAM2: export writes official "
+                "SAM2 checkpoints only (predict --model stcn takes an STCN run's last.pt or best.pt as it is)"
+            )
+        sam2 = sam2_config(model_config["config_path"], image_size=model_config["image_size"],
+                           num_maskmem=model_config["num_maskmem"])
+        differences = _differences(state_dict, sam2)
+        if differences:
+            raise UserInputError(f"{source}: its weights do not match {sam2.name}, the preset of its run: "
+                                 f"{_summary(differences)}")
+        return
+    by_preset = {}
+    for name in PRESET_NAMES:
+        by_preset[name] = _differences(state_dict, sam2_config(name))
+        if not by_preset[name]:
+            return
+    closest = min(by_preset, key=lambda name: sum(map(len, by_preset[name].values())))
+    raise UserInputError(f"{source}: not a SAM2 checkpoint: its weights match no SAM2 preset; against the "
+                         f"closest, {closest}: {_summary(by_preset[closest])}")
 
 
 def export_weights(checkpoint_path: str | Path, output_path: str | Path) -> Path:
-    """Write `{"model": state_dict}` of the training checkpoint to `output_path` atomically; never overwrites."""
+    """Write `{"model": state_dict}` of a SAM2 checkpoint to `output_path` atomically; never overwrites."""
     checkpoint_path, output_path = Path(checkpoint_path), Path(output_path)
-    if output_path.exists():
+    if output_path.exists() and not output_path.is_dir():
         raise UserInputError(f"{output_path} already exists; choose another output name (export never overwrites)")
-    checkpoint = load_training_checkpoint(checkpoint_path)
+    check_output_file(output_path, "OUT")
+    checkpoint = _load(checkpoint_path)
+    _check_sam2_weights(checkpoint, checkpoint_path)
     state_dict = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint["model"].items()}
-    model_config = (checkpoint.get("config") or {}).get("model")
-    if model_config is not None and model_config.get("model") == "sam2":
-        _check_loads_into_sam2(state_dict, model_config, checkpoint_path)
     with atomic_path(output_path) as tmp:
         torch.save({"model": state_dict}, tmp)
     return output_path

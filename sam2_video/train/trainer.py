@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from sam2_video.config import TrainSection
 from sam2_video.errors import UserInputError
 from sam2_video.data.loader import build_dataloader, distributed_rank_and_size
+from sam2_video.device import resolve_device
 from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
 from sam2_video.train.checkpoint import CHECKPOINT_FORMAT, load_training_checkpoint, save_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY
@@ -36,18 +37,6 @@ Validator = Callable[[nn.Module], dict[str, float]]
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN / infinite loss or gradient; the message names the step and the videos."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"train.device is {name!r} but CUDA is not available (use auto or cpu)")
-    return device
 
 
 def optimizer_steps_per_epoch(num_clips: int, batch_size: int, grad_accumulation: int, world_size: int = 1) -> int:
@@ -114,7 +103,7 @@ class Trainer:
         self.out_dir = Path(settings.out_dir)
         self.rank, self.world_size = distributed_rank_and_size()
         self.is_main = self.rank == 0
-        self.device = resolve_device(settings.device)
+        self.device = resolve_device(settings.device, "train.device")
         self.use_autocast = settings.amp and self.device.type == "cuda"
 
         self.module = model.to(self.device)
