@@ -115,7 +115,7 @@ def test_unreadable_image(tmp_path: Path):
 def test_undecodable_video(tmp_path: Path):
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00" * 1000)
-    with pytest.raises(UserInputError, match=r"broken\.mp4: cannot decode the video"):
+    with pytest.raises(UserInputError, match=r"broken\.mp4: cannot open the video"):
         load_video_frames(video, 64)
 
 

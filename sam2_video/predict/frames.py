@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sam2_video.errors import UserInputError
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 
 
 def list_frame_files(folder: str | os.PathLike) -> list[Path]:
@@ -48,53 +48,18 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def _resize_uint8_frame(rgb: Image.Image, image_size: int) -> torch.Tensor:
-    """RGB PIL image -> [3, S, S] float32 in [0, 1], as the official video predictor."""
-    resized = np.asarray(rgb.resize((image_size, image_size)))
-    return torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
+def resize_frame(rgb: Image.Image, image_size: int) -> np.ndarray:
+    """An RGB PIL image -> uint8 [S, S, 3], resized as the official video predictor (PIL bicubic)."""
+    return np.asarray(rgb.resize((image_size, image_size)))
 
 
-def _load_frame_folder(folder: Path, image_size: int) -> tuple[torch.Tensor, int, int, list[str]]:
-    paths = list_frame_files(folder)
-    images = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.float32)
-    first_size: tuple[int, int] | None = None
-    for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserInputError(f"{path}: cannot read the image ({err})") from err
-        if first_size is None:
-            first_size = rgb.size
-        elif rgb.size != first_size:
-            raise UserInputError(
-                f"{path}: frame size {rgb.size[0]}x{rgb.size[1]} differs from "
-                f"{first_size[0]}x{first_size[1]} of {paths[0].name} (all frames of a video must "
-                "have the same size)"
-            )
-        images[index] = _resize_uint8_frame(rgb, image_size)
-    width, height = first_size
-    return images, height, width, [p.stem for p in paths]
+def frames_to_input(resized: np.ndarray) -> torch.Tensor:
+    """uint8 frames [..., S, S, 3] from `resize_frame` -> normalised float32 [..., 3, S, S].
 
-
-def _load_video_file(path: Path, image_size: int) -> tuple[torch.Tensor, int, int, list[str]]:
-    import av
-
-    frames: list[torch.Tensor] = []
-    height = width = 0
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise UserInputError(f"{path}: the file has no video stream")
-            for frame in container.decode(video=0):
-                rgb = frame.to_image()
-                width, height = rgb.size
-                frames.append(_resize_uint8_frame(rgb, image_size))
-    except av.FFmpegError as err:
-        raise UserInputError(f"{path}: cannot decode the video ({err})") from err
-    if not frames:
-        raise UserInputError(f"{path}: the video has no decodable frames")
-    return torch.stack(frames), height, width, [f"{i:05d}" for i in range(len(frames))]
+    /255 in float64, then float32 and normalisation, as the official video predictor; the result
+    of a frame does not depend on the frames batched with it.
+    """
+    return _normalise(torch.from_numpy(resized / 255.0).movedim(-1, -3).float())
 
 
 def load_video_frames(
@@ -106,22 +71,16 @@ def load_video_frames(
     """Load all frames of a video resized to image_size x image_size and normalised.
 
     `video_path` is a folder of .jpg/.jpeg/.png frames (see `list_frame_files`) or a
-    .mp4/.avi/.mov file (decoded with PyAV, frames named "00000", "00001", ...).
+    .mp4/.avi/.mov/.mkv file (decoded with PyAV, frames named "00000", "00001", ...).
     Returns (images [T, 3, S, S] float32 on `device`, or on the CPU with offload_video_to_cpu,
-    video_height, video_width, frame_names: file names without extension).
+    video_height, video_width, frame_names: file names without extension). The eager form of
+    `open_video_frames` (same reader, same values), which reads frames on demand instead.
     """
-    path = Path(video_path)
-    if not path.exists():
-        raise UserInputError(f"{path}: video not found (expected a folder of frames or a video file)")
-    if path.is_dir():
-        images, height, width, names = _load_frame_folder(path, image_size)
-    elif path.suffix.lower() in VIDEO_EXTENSIONS:
-        images, height, width, names = _load_video_file(path, image_size)
-    else:
-        raise UserInputError(
-            f"{path}: not a video (expected a folder of frames or a {'/'.join(VIDEO_EXTENSIONS)} file)"
-        )
-    images = _normalise(images)
+    from sam2_video.predict.video_frames import open_video_frames  # imports this module's helpers
+
+    with open_video_frames(video_path, image_size, prefetch=0) as frames:
+        images = frames[:]
+        height, width, names = frames.height, frames.width, frames.names
     if not offload_video_to_cpu:
         images = images.to(device)
     return images, height, width, names
