@@ -38,19 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except UserInputError as err:
         message = str(err)
-    except OSError as err:  # a path the system refused: missing, read-only, a folder for a file, disk full...
-        if err.filename is None and not isinstance(err, FileNotFoundError):
-            raise
+    except OSError as err:  # the system refused: a missing or read-only path, a folder for a file, disk full...
+        if err.filename is None and err.errno is None and not isinstance(err, FileNotFoundError):
+            raise  # no path and no system error number: a bug, keep its traceback
         message = _describe_os_error(err)
     print(f"sam2-video {args.command}: error: {message}", file=sys.stderr)
     return 2
 
 
 def _describe_os_error(err: OSError) -> str:
-    """`path: reason` (`source -> target: reason` for a rename), or the error's own text without a path."""
+    """`path: reason` (`source -> target: reason` for a rename), or the reason alone without a path."""
     if err.filename is None:
-        return str(err)
-    path = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+        return err.strerror or str(err)
+    path = str(err.filename) if err.filename2 is None else f"{err.filename} -> {err.filename2}"
     return f"{path}: {err.strerror}"
 
 

@@ -234,15 +234,23 @@ def test_predict_checkpoint_name_that_names_no_preset(clip: dict[str, Path], tmp
     failing(argv, capsys, str(weights), "taken from the checkpoint's file name", "--config", "sam2.1_hiera_t")
 
 
-# ---- main: any OSError with a path becomes one line; others and Ctrl-C keep their behaviour
+# ---- main: any OSError from the system becomes one line; a bare OSError and Ctrl-C keep their traceback
 
-def test_main_reports_os_errors_with_their_path(tmp_path: Path, capsys, monkeypatch):
-    def refused(*args, **kwargs):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", "/data/gt/seq/00000.png")
+@pytest.mark.parametrize("error, message", [
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/data/gt/seq/00000.png"), "/data/gt/seq/00000.png: Is a directory"),
+    (PermissionError(errno.EACCES, "Permission denied", "/a/.x.tmp", None, "/a/x.csv"), "/a/.x.tmp -> /a/x.csv: Permission denied"),
+    (OSError(errno.ENOSPC, "No space left on device"), "error: No space left on device"),
+    (OSError("cannot write mode RGBA as JPEG"), None),
+    (KeyboardInterrupt(), None),
+])
+def test_main_reports_system_errors_in_one_line(tmp_path: Path, capsys, monkeypatch, error, message):
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(evaluate_cli, "evaluate_davis", refused)
+    monkeypatch.setattr(evaluate_cli, "evaluate_davis", fail)
     argv = ["evaluate", "--gt", str(tmp_path), "--pred", str(tmp_path)]
-    failing(argv, capsys, "sam2-video evaluate: error: /data/gt/seq/00000.png: Is a directory")
-    monkeypatch.setattr(evaluate_cli, "evaluate_davis", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        main(argv)
+    if message is None:
+        with pytest.raises(type(error)):
+            main(argv)
+    else:
+        failing(argv, capsys, message)
