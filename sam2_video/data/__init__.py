@@ -23,6 +23,9 @@ Construct datasets with plain keyword arguments (no registry); every item is a `
     build_dataloader(dataset, batch_size, num_workers=0, shuffle=True, seed=0, rank=None, world_size=None,
                      collate_fn=collate_fn, pin_memory=None): per-clip seeds, the trainer's loader
 
+The folder datasets (vos, coco, sav, video) check every image file's header and size when built
+(`file_check`), so a bad file is named before training starts.
+
 Loading runs best in DataLoader workers, where torch uses one thread.
 """
 from sam2_video.data.bare_frames import VideoDataset

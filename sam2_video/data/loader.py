@@ -1,10 +1,12 @@
 """The training DataLoader: batches of `BatchedVideoDatapoint`s in an epoch-seeded order, sharded over
 DDP ranks, where each clip is drawn under its own seed (from the run seed, the epoch and its position),
 so its augmentation and prompts are the same with any number of workers and after resuming part-way
-through an epoch."""
+through an epoch. A `UserInputError` from a worker reaches the caller as that error with its own
+message (torch would re-raise it with the worker's traceback inside the message)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -13,7 +15,15 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sam2_video.data.batch import collate_fn as collate_clips
+from sam2_video.errors import UserInputError
 from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
+
+
+@dataclass
+class WorkerUserError:
+    """A worker's `UserInputError`, sent to the main process in place of its item and batch."""
+
+    message: str
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
@@ -68,8 +78,33 @@ class SeededItems(Dataset):
         seed_everything(item_seed, cuda=False)
         try:
             return self.dataset[index]
+        except UserInputError as err:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return WorkerUserError(str(err))
         finally:
             restore_rng_state(saved)
+
+
+class CollateOrPassError:
+    """`collate_fn` on a batch's items, or the first `WorkerUserError` among them."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[Any]) -> Any:
+        error = next((item for item in items if isinstance(item, WorkerUserError)), None)
+        return error if error is not None else self.collate_fn(items)
+
+
+class UserErrorDataLoader(DataLoader):
+    """A DataLoader that raises a worker's `WorkerUserError` as a `UserInputError` with its own message."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            if isinstance(batch, WorkerUserError):
+                raise UserInputError(batch.message)
+            yield batch
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -101,12 +136,12 @@ def build_dataloader(
         raise ValueError(f"give rank and world_size together, got rank={rank}, world_size={world_size}")
     if rank is None or world_size is None:
         rank, world_size = distributed_rank_and_size()
-    return DataLoader(
+    return UserErrorDataLoader(
         SeededItems(dataset),
         batch_size=batch_size,
         sampler=ResumableSampler(len(dataset), shuffle, seed, rank, world_size),
         num_workers=num_workers,
-        collate_fn=collate_fn,
+        collate_fn=CollateOrPassError(collate_fn),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         generator=torch.Generator(),  # keeps the loader from drawing on the global RNG
     )
