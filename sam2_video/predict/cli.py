@@ -147,6 +147,7 @@ def _check_output_locations(args: argparse.Namespace) -> None:
 
 
 def _check_masks_free(out_paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to replace existing mask PNGs unless --overwrite."""
     taken = [p for p in out_paths if p.exists()]
     if taken and not overwrite:
         raise UserInputError(
