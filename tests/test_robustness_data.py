@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sam2_video.cli import main
@@ -88,6 +89,8 @@ def test_coco_numeric_string_orders_sort_as_numbers(tmp_path: Path) -> None:
     ([0, "second", 2], "images[1] (image id 101) has order_in_video 'second'; expected an integer"),
     ([0, 1.5], "images[1] (image id 101) has order_in_video 1.5; expected an integer"),
     ([0, True], "images[1] (image id 101) has order_in_video True"),
+    ([0, "+-1"], "images[1] (image id 101) has order_in_video '+-1'"),
+    ([0, None], "images[1] (image id 101) has order_in_video None"),
     ([0, 1, "1"], "video 'v' has images 101 and 102 both at order_in_video 1; each frame of a video needs its own order"),
 ])
 def test_coco_bad_orders_name_the_images(tmp_path: Path, orders: list, expected: str) -> None:
@@ -114,7 +117,6 @@ def test_unannotated_frames_are_summarised_once_and_clips_use_annotated_frames(t
             "b (2, first mask 00002); training clips use only the annotated frames") in err
     assert dataset.annotated_frames(0) == [0, 1, 3, 5] and dataset.annotated_frames(1) == [2, 3, 4, 5]
     for seed in range(10):
-        import torch
         torch.manual_seed(seed)
         clip = dataset[1]
         assert set(clip.frame_names) <= {"00002", "00003", "00004", "00005"}

@@ -1,7 +1,8 @@
 """Bare frame folders without labels: `<data_path>/<video>/<frame>.jpg|png`.
 
-Every frame's header is checked when the dataset is built (`file_check`). Each clip gets generated objects (textured shapes that move, rotate and occlude each other, from
-`synthetic`) composited over its real frames, so the ground truth is known exactly.
+Each clip gets generated objects (textured shapes that move, rotate and occlude each other, from
+`synthetic`) composited over its real frames, so the ground truth is known exactly. Every frame's
+header is checked when the dataset is built (`file_check`).
 """
 from __future__ import annotations
 

@@ -140,9 +140,9 @@ class ClipDataset(Dataset):
                 return index, selection
             tried.append(index)
             index = int(rng.integers(len(self)))
-        reasons = (self.why_no_object(i) for i in dict.fromkeys(tried))
-        reason = next((r for r in reasons if r is not None), "are the masks empty?")
-        videos = ", ".join(self.video_name(i) for i in dict.fromkeys(tried))
+        tried = list(dict.fromkeys(tried))
+        reason = next((r for r in map(self.why_no_object, tried) if r is not None), "are the masks empty?")
+        videos = ", ".join(self.video_name(i) for i in tried)
         raise UserInputError(f"no object is visible on the first frame of any sampled clip of {videos}; {reason}")
 
     def __getitem__(self, index: int) -> VideoClip:

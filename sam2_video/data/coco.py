@@ -7,8 +7,8 @@
 `segmentation` is RLE (compressed string or uncompressed counts) or polygons. An object is followed
 across frames by `object_id` (or `track_id`); without either, the k-th annotation of each image is
 object k (1-based). Every listed image is an annotated frame. Relative `path`s are resolved against
-`image_root` (default: the JSON's folder). `order_in_video` must be an integer (a string of digits is
-read as its number), distinct within a video. Every image file's header is checked against its
+`image_root` (default: the JSON's folder). `order_in_video` must be an integer (a string of one is
+read as its number, so "10" comes after "9"), distinct within a video. Every image file's header is checked against its
 `width` and `height` when the dataset is built (`file_check`).
 """
 from __future__ import annotations
@@ -85,10 +85,13 @@ class COCOVideoDataset(ClipDataset):
     def _order(self, number: int, image: dict) -> int:
         """`order_in_video` as an int (an int, or a string of one); an error names the image otherwise."""
         order = image["order_in_video"]
-        if isinstance(order, str) and order.strip().lstrip("+-").isdigit():
-            return int(order)
         if isinstance(order, int) and not isinstance(order, bool):
             return order
+        if isinstance(order, str):
+            try:
+                return int(order)
+            except ValueError:
+                pass
         raise UserInputError(
             f"{self.json_path}: images[{number}] (image id {image['id']!r}) has order_in_video {order!r}; "
             f"expected an integer giving the frame's position in its video"

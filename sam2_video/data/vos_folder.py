@@ -5,7 +5,9 @@ share its frame's name. Clips are drawn from the annotated frames only, as the o
 does: a frame without a mask has no ground truth to train on, and counting it as empty would teach
 that the objects vanished. So a clip skips unannotated frames and a video whose first masks are
 missing starts at its first annotated frame; one line at start-up says how many frames that leaves
-out. Every frame's and mask's header is checked when the dataset is built (`file_check`). Explicit prompts may come from `<prompts_dir>/<video>.json`:
+out. Every frame's and mask's header is checked when the dataset is built (`file_check`).
+
+Explicit prompts may come from `<prompts_dir>/<video>.json`:
 
     {"prompts": [{"frame": "00000", "object_id": 1, "point_coords": [[x, y], ...],
                   "point_labels": [1, 0, ...], "box": [x0, y0, x1, y1]}, ...]}
