@@ -217,6 +217,8 @@ def test_unknown_override_key_is_blamed_on_the_command_line(capsys) -> None:
     assert status == 2 and "Traceback" not in output
     assert "command-line override 'train.lrr=1': unknown key 'train.lrr'; did you mean 'train.lr'?" in output
     assert "demo.yaml" not in output
+    status, output = run_train(capsys, REPO_ROOT / "configs" / "demo.yaml", "train.epochs=-1")
+    assert status == 2 and "demo.yaml with command-line overrides: 'train.epochs' must not be negative" in output
 
 
 def test_unknown_key_in_the_file_is_still_blamed_on_the_file(tmp_path: Path, capsys) -> None:
