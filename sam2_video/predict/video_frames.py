@@ -30,7 +30,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, NoReturn, Protocol
 
 import av
 import numpy as np
@@ -121,6 +121,7 @@ class VideoFileSource:
         self.names = [f"{i:05d}" for i in range(len(self._pts))]
         self._frames: Iterator[av.VideoFrame] | None = None  # the decoder; yields frame self._next first
         self._next = 0
+        self._from_start = False  # the decoder started at the beginning of the file (not at a seek)
 
     def _scan(self) -> tuple[list[int], list[int], list[int]]:
         """Read every packet of the stream (no decoding); checks that the file is complete."""
@@ -152,7 +153,7 @@ class VideoFileSource:
         keys.sort()
         return pts, [bisect.bisect_left(pts, p) for p, _ in keys], [seek for _, seek in keys]
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str) -> NoReturn:
         self._container.close()
         raise UserInputError(f"{self.path}: {message}")
 
@@ -192,12 +193,15 @@ class VideoFileSource:
         try:
             frame = next(self._frames)
         except StopIteration:
+            self._frames = None  # the next read seeks
             raise UserInputError(f"{self.path}: the video ends before frame {self._next} "
                                  f"of {len(self._pts)} (truncated file?)") from None
         except av.FFmpegError as err:
+            self._frames = None
             raise UserInputError(f"{self.path}: cannot decode frame {self._next}: {err.strerror}") from err
         index = self._pts_index.get(frame.pts)
         if index is None:
+            self._frames = None
             raise UserInputError(f"{self.path}: frame {self._next} decodes to timestamp {frame.pts}, which no "
                                  "packet has; re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
         return index, frame
@@ -220,17 +224,19 @@ class _Prefetcher:
         self._fill = weakref.WeakMethod(frames._prefetch)
         self._num_frames, self._window = len(frames), window
         self._wake = threading.Condition()
-        self._wanted: range | None = None
+        self._wanted: range | None = None  # the latest request, not yet taken up
+        self._current = range(0)  # the request being read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="video-frames-prefetch", daemon=True)
         self._thread.start()
 
     def want(self, index: int, step: int) -> None:
         """The `window` frames after `index` in direction `step` (+1 or -1), nearest first."""
-        end = min(max(index + step * (self._window + 1), -1), self._num_frames)
-        with self._wake:
-            self._wanted = range(index + step, end, step)
-            self._wake.notify()
+        wanted = range(index + step, min(max(index + step * (self._window + 1), -1), self._num_frames), step)
+        if wanted:  # empty at the end of the video
+            with self._wake:
+                self._wanted = wanted
+                self._wake.notify()
 
     def _run(self) -> None:
         while True:
@@ -239,19 +245,23 @@ class _Prefetcher:
                     self._wake.wait()
                 if self._stop.is_set():
                     return
-                wanted, self._wanted = self._wanted, None
+                self._current, self._wanted = self._wanted, None
             fill = self._fill()
             if fill is None:
                 return
             try:
-                fill(wanted, self._interrupted)
+                fill(self._current, self._interrupted)
             except UserInputError:
                 pass  # a frame that cannot be read: the caller gets the error when it reaches that frame
             del fill
 
     def _interrupted(self) -> bool:
-        """A newer request or close() came in."""
-        return self._wanted is not None or self._stop.is_set()
+        """close() was called, or a request for other frames came in (a jump: requests that overlap
+        the current one wait for it, as restarting would decode the same frames again)."""
+        wanted, current = self._wanted, self._current
+        if self._stop.is_set():
+            return True
+        return wanted is not None and (max(wanted) < min(current) or min(wanted) > max(current))
 
     def close(self) -> None:
         self._stop.set()
@@ -322,7 +332,8 @@ class VideoFrames:
         if resized is None:
             with self._source_lock:
                 resized = self._cached(index)
-                for _, rgb in () if resized is not None else self._source.decode(index, index + 1):
+                if resized is None:
+                    [(_, rgb)] = self._source.decode(index, index + 1)
                     resized = resize_frame(rgb, self.image_size)
                     self._store(index, resized)
         if self._prefetcher is not None:
