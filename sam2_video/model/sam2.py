@@ -25,6 +25,7 @@ from torch.nn.init import trunc_normal_
 from sam2_video.model.image_encoder import ImageEncoder
 from sam2_video.model.layers import MLP
 from sam2_video.model.mask_decoder import MaskDecoder
+from sam2_video.model.memory_bank import MemoryBank, MemoryPolicy
 from sam2_video.model.memory_attention import MemoryAttention
 from sam2_video.model.memory_encoder import MemoryEncoder
 from sam2_video.model.presets import SAM2Config
@@ -59,32 +60,6 @@ class FrameSegmentation(NamedTuple):
     sam_outputs: SAMHeadOutputs
     high_res_features: list[torch.Tensor]  # [[N,C/8,4H,4W], [N,C/4,2H,2W]]
     pix_feat: torch.Tensor  # [N, C, H, W] memory-conditioned features fed to the SAM heads
-
-
-def select_closest_cond_frames(
-    frame_idx: int, cond_frame_outputs: dict[int, FrameOutput], max_cond_frame_num: int
-) -> tuple[dict[int, FrameOutput], dict[int, FrameOutput]]:
-    """Split conditioning frames into (selected, unselected) for memory attention at `frame_idx`.
-
-    With max_cond_frame_num = -1 (or enough room) all are selected; otherwise the closest frame
-    before, the closest at/after, then the temporally closest others up to the limit.
-    """
-    if max_cond_frame_num == -1 or len(cond_frame_outputs) <= max_cond_frame_num:
-        return cond_frame_outputs, {}
-    if max_cond_frame_num < 2:
-        raise ValueError(f"max_cond_frames_in_attn must be -1 or at least 2, got {max_cond_frame_num}")
-    selected: dict[int, FrameOutput] = {}
-    idx_before = max((t for t in cond_frame_outputs if t < frame_idx), default=None)
-    if idx_before is not None:
-        selected[idx_before] = cond_frame_outputs[idx_before]
-    idx_after = min((t for t in cond_frame_outputs if t >= frame_idx), default=None)
-    if idx_after is not None:
-        selected[idx_after] = cond_frame_outputs[idx_after]
-    num_remain = max_cond_frame_num - len(selected)
-    others = sorted((t for t in cond_frame_outputs if t not in selected), key=lambda t: abs(t - frame_idx))
-    selected.update((t, cond_frame_outputs[t]) for t in others[:num_remain])
-    unselected = {t: v for t, v in cond_frame_outputs.items() if t not in selected}
-    return selected, unselected
 
 
 def sine_pe_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -282,6 +257,23 @@ class SAM2(nn.Module):
                               object_score_logits)
 
     # ------------------------------------------------------------------ memory
+    @property
+    def memory_policy(self) -> MemoryPolicy:
+        """How many past frames this model reads, in its current mode (training reads recent
+        frames at stride 1 and the pointers of every selected conditioning frame)."""
+        cfg = self.config
+        return MemoryPolicy(
+            num_maskmem=self.num_maskmem,
+            temporal_stride=1 if self.training else cfg.memory_temporal_stride_for_eval,
+            max_cond_frames_in_attn=cfg.max_cond_frames_in_attn,
+            max_obj_ptrs_in_encoder=cfg.max_obj_ptrs_in_encoder,
+            cond_pointers_only_from_past=not self.training,
+        )
+
+    def new_memory_bank(self) -> MemoryBank:
+        """An empty memory bank that reads past frames as this model does (see `memory_policy`)."""
+        return MemoryBank(self.memory_policy)
+
     def prepare_memory_conditioned_features(
         self,
         frame_idx: int,
@@ -289,16 +281,17 @@ class SAM2(nn.Module):
         current_vision_feats: list[torch.Tensor],
         current_vision_pos_embeds: list[torch.Tensor],
         feat_sizes: list[tuple[int, int]],
-        output_dict: dict[str, dict[int, FrameOutput]],
-        num_frames: int,
+        memory: MemoryBank,
+        num_frames: int | None,
         track_in_reverse: bool = False,
     ) -> torch.Tensor:
         """Fuse the current frame's stride-16 features with the memory bank -> [N, C, H, W].
 
-        Only the last entry of the feature lists is used ([HW, N, C]). output_dict holds
-        "cond_frame_outputs" and "non_cond_frame_outputs": {frame_idx: FrameOutput}. On an initial
-        conditioning frame the no-memory embedding is added instead. Memory features may be stored
-        in bfloat16 (memory attention casts them to the current features' dtype).
+        Only the last entry of the feature lists is used ([HW, N, C]). The frames read are
+        `memory.select(frame_idx, track_in_reverse, num_frames)` (num_frames None: a stream of
+        unknown length). On an initial conditioning frame the no-memory embedding is added
+        instead. Memory features may be stored in bfloat16 (memory attention casts them to the
+        current features' dtype).
         """
         feats = current_vision_feats[-1]
         batch, channels = feats.size(1), self.hidden_dim
@@ -306,58 +299,27 @@ class SAM2(nn.Module):
         device = feats.device
         if is_init_cond_frame:
             return _to_bchw(feats + self.no_mem_embed, size)
-
-        cond_outputs = output_dict["cond_frame_outputs"]
-        if not cond_outputs:
+        if not memory.cond_frame_outputs:
             raise ValueError(f"frame {frame_idx} is not an initial conditioning frame but no frame has a prompt yet")
-        selected_cond, unselected_cond = select_closest_cond_frames(
-            frame_idx, cond_outputs, self.config.max_cond_frames_in_attn)
-        non_cond_outputs = output_dict["non_cond_frame_outputs"]
+        selection = memory.select(frame_idx, track_in_reverse, num_frames)
 
-        # spatial memories: conditioning frames at t_pos 0, then the last num_maskmem - 1 frames
-        t_pos_and_prevs: list[tuple[int, FrameOutput | None]] = [(0, out) for out in selected_cond.values()]
-        stride = 1 if self.training else self.config.memory_temporal_stride_for_eval
-        for t_pos in range(1, self.num_maskmem):
-            t_rel = self.num_maskmem - t_pos  # frames before the current one
-            if t_rel == 1:
-                prev_idx = frame_idx + 1 if track_in_reverse else frame_idx - 1
-            elif not track_in_reverse:
-                prev_idx = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
-            else:
-                prev_idx = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
-            out = non_cond_outputs.get(prev_idx)
-            if out is None:  # an unselected conditioning frame among the recent ones still counts
-                out = unselected_cond.get(prev_idx)
-            t_pos_and_prevs.append((t_pos, out))
-
+        # spatial memories: conditioning frames at t_pos 0, then the recent frames
         memories, memory_pos = [], []
-        for t_pos, prev in t_pos_and_prevs:
-            if prev is None:
-                continue
+        t_pos_and_frames = [(0, t) for t in selection.cond_frames] + list(selection.recent_frames)
+        for t_pos, t in t_pos_and_frames:
+            prev = memory.cond_frame_outputs[t] if t_pos == 0 else memory.output(t)
             memories.append(prev["maskmem_features"].to(device).flatten(2).permute(2, 0, 1))
             pos = prev["maskmem_pos_enc"][-1].to(device).flatten(2).permute(2, 0, 1)
             memory_pos.append(pos + self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1])
 
-        # object pointers: selected conditioning frames (only past ones in eval), then recent frames
-        max_obj_ptrs = min(num_frames, self.config.max_obj_ptrs_in_encoder)
-        if self.training:
-            ptr_cond_outputs = selected_cond
-        else:
-            ptr_cond_outputs = {t: out for t, out in selected_cond.items()
-                                if (t >= frame_idx if track_in_reverse else t <= frame_idx)}
+        # object pointers, with their temporal distance in the tracking direction
+        max_obj_ptrs = selection.max_obj_ptrs
         sign = -1 if track_in_reverse else 1
         pos_and_ptrs = [
             ((frame_idx - t) * sign if self.config.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t),
-             out["obj_ptr"])
-            for t, out in ptr_cond_outputs.items()
+             (memory.cond_frame_outputs[t] if t in selection.cond_frames else memory.output(t))["obj_ptr"])
+            for t in selection.pointer_frames
         ]
-        for t_diff in range(1, max_obj_ptrs):
-            t = frame_idx + t_diff if track_in_reverse else frame_idx - t_diff
-            if t < 0 or t >= num_frames:
-                break
-            out = non_cond_outputs.get(t, unselected_cond.get(t))
-            if out is not None:
-                pos_and_ptrs.append((t_diff, out["obj_ptr"]))
 
         num_obj_ptr_tokens = 0
         if pos_and_ptrs:
@@ -435,8 +397,8 @@ class SAM2(nn.Module):
         feat_sizes: list[tuple[int, int]],
         point_inputs: dict[str, torch.Tensor] | None,
         mask_inputs: torch.Tensor | None,
-        output_dict: dict[str, dict[int, FrameOutput]],
-        num_frames: int,
+        memory: MemoryBank,
+        num_frames: int | None,
         track_in_reverse: bool = False,
         prev_sam_mask_logits: torch.Tensor | None = None,
     ) -> FrameSegmentation:
@@ -458,7 +420,7 @@ class SAM2(nn.Module):
                 current_vision_feats=current_vision_feats[-1:],
                 current_vision_pos_embeds=current_vision_pos_embeds[-1:],
                 feat_sizes=feat_sizes[-1:],
-                output_dict=output_dict,
+                memory=memory,
                 num_frames=num_frames,
                 track_in_reverse=track_in_reverse,
             )
@@ -484,8 +446,8 @@ class SAM2(nn.Module):
         feat_sizes: list[tuple[int, int]],
         point_inputs: dict[str, torch.Tensor] | None,
         mask_inputs: torch.Tensor | None,
-        output_dict: dict[str, dict[int, FrameOutput]],
-        num_frames: int,
+        memory: MemoryBank,
+        num_frames: int | None,
         track_in_reverse: bool = False,
         run_mem_encoder: bool = True,
         prev_sam_mask_logits: torch.Tensor | None = None,
@@ -494,12 +456,12 @@ class SAM2(nn.Module):
 
         current_vision_feats / current_vision_pos_embeds: 3 levels [H_i*W_i, N, C_i] (from
         `prepare_backbone_features`, gathered per object); point_inputs: see `forward_sam_heads`;
-        mask_inputs: [N,1,S,S]. Returns a FrameOutput (see `FrameOutput`); the caller stores it in
-        output_dict["cond_frame_outputs" or "non_cond_frame_outputs"][frame_idx].
+        mask_inputs: [N,1,S,S]; memory: the objects' bank (see `prepare_memory_conditioned_features`).
+        Returns a FrameOutput (see `FrameOutput`); the caller stores it with `memory.add`.
         """
         current_out, sam_outputs, _, _ = self.segment_frame(
             frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
-            point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse, prev_sam_mask_logits)
+            point_inputs, mask_inputs, memory, num_frames, track_in_reverse, prev_sam_mask_logits)
         current_out["pred_masks"] = sam_outputs.low_res_masks
         current_out["pred_masks_high_res"] = sam_outputs.high_res_masks
         current_out["obj_ptr"] = sam_outputs.obj_ptr

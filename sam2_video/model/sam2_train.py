@@ -20,6 +20,7 @@ import torch
 from sam2_video.data.batch import BatchedVideoDatapoint
 from sam2_video.errors import UserInputError
 from sam2_video.model.build import load_checkpoint
+from sam2_video.model.memory_bank import MemoryBank
 from sam2_video.model.presets import SAM2Config, sam2_config
 from sam2_video.model.sam2 import SAM2
 from sam2_video.train.prompt_sampling import (
@@ -280,7 +281,7 @@ class SAM2Model(SAM2):
         processing_order = prompts.init_cond_frames + [
             t for t in range(num_frames) if t not in prompts.init_cond_frames
         ]
-        memory_bank: dict[str, dict[int, FrameOutput]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        memory_bank = self.new_memory_bank()
         img_ids = batch.flat_obj_to_img_idx  # [T,O]
         for t in processing_order:
             rows = image_pos[img_ids[t]]
@@ -300,9 +301,8 @@ class SAM2Model(SAM2):
             as_cond = t in prompts.init_cond_frames or (
                 self.recipe.add_all_frames_to_correct_as_cond and t in prompts.frames_to_correct
             )
-            memory_bank["cond_frame_outputs" if as_cond else "non_cond_frame_outputs"][t] = frame_out
-        outputs = {**memory_bank["cond_frame_outputs"], **memory_bank["non_cond_frame_outputs"]}
-        return [{k: v for k, v in outputs[t].items() if k != "obj_ptr"} for t in range(num_frames)]
+            memory_bank.add(t, frame_out, is_cond=as_cond)
+        return [{k: v for k, v in out.items() if k != "obj_ptr"} for out in memory_bank.frames_in_order()]
 
     def _frame_features(
         self, batch: BatchedVideoDatapoint
@@ -445,7 +445,7 @@ class SAM2Model(SAM2):
         mask_inputs: torch.Tensor | None,
         gt_masks: torch.Tensor,
         correct: bool,
-        memory_bank: dict[str, dict[int, FrameOutput]],
+        memory_bank: MemoryBank,
         num_frames: int,
     ) -> FrameOutput:
         """One frame for all objects: the core's `segment_frame`, correction clicks, then its memory encoder.
@@ -460,7 +460,7 @@ class SAM2Model(SAM2):
             feat_sizes=feat_sizes,
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
-            output_dict=memory_bank,
+            memory=memory_bank,
             num_frames=num_frames,
         )
         steps = [sam_outputs]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from sam2_video.errors import UserInputError
 from sam2_video.model.build import build_sam2
+from sam2_video.model.memory_bank import MemoryBank, MemorySelection
 from sam2_video.model.presets import SAM2Config, sam2_config
 from sam2_video.model.sam2 import SAM2
 from sam2_video.predict.frames import load_video_frames
@@ -311,19 +312,19 @@ class SAM2VideoPredictor:
 
         for frame_idx in order:
             masks_per_obj: list[torch.Tensor | None] = [None] * num_objects
-            groups: dict[tuple, list[int]] = {}
+            groups: dict[MemorySelection, list[int]] = {}
             for obj_idx in range(num_objects):
-                outputs = outputs_per_obj[obj_idx]
-                if frame_idx in outputs["cond_frame_outputs"]:
-                    masks_per_obj[obj_idx] = outputs["cond_frame_outputs"][frame_idx]["pred_masks"].to(
+                bank = outputs_per_obj[obj_idx]
+                if frame_idx in bank.cond_frame_outputs:
+                    masks_per_obj[obj_idx] = bank.cond_frame_outputs[frame_idx]["pred_masks"].to(
                         inference_state["device"])
                 else:
-                    key = self._memory_signature(outputs, frame_idx, num_frames)
-                    groups.setdefault(key, []).append(obj_idx)
-            for obj_idxs in groups.values():
+                    groups.setdefault(bank.select(frame_idx, reverse, num_frames), []).append(obj_idx)
+            for selection, obj_idxs in groups.items():
                 frame_outs, pred_masks = self._track(
                     inference_state, obj_idxs, frame_idx, is_init_cond_frame=False, point_inputs=None,
                     mask_inputs=None, reverse=reverse, run_mem_encoder=True,
+                    memory=self._batched_memory(inference_state, obj_idxs, selection),
                 )
                 for i, (obj_idx, out) in enumerate(zip(obj_idxs, frame_outs)):
                     outputs_per_obj[obj_idx]["non_cond_frame_outputs"][frame_idx] = out
@@ -354,7 +355,7 @@ class SAM2VideoPredictor:
         state["obj_ids"] = list(state["obj_id_to_idx"])
         state["point_inputs_per_obj"][obj_idx] = {}
         state["mask_inputs_per_obj"][obj_idx] = {}
-        state["output_dict_per_obj"][obj_idx] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        state["output_dict_per_obj"][obj_idx] = self.model.new_memory_bank()
         state["temp_output_dict_per_obj"][obj_idx] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         state["frames_tracked_per_obj"][obj_idx] = {}
         return obj_idx
@@ -400,9 +401,12 @@ class SAM2VideoPredictor:
     ) -> tuple[int, list[int], torch.Tensor]:
         """Segment one object on a prompted frame; its memory is encoded later, when
         `propagate_in_video` starts (so further clicks on the frame stay cheap)."""
+        bank = state["output_dict_per_obj"][obj_idx]
+        memory = (self.model.new_memory_bank() if is_cond else
+                  self._batched_memory(state, [obj_idx], bank.select(frame_idx, reverse, state["num_frames"])))
         frame_outs, _ = self._track(
             state, [obj_idx], frame_idx, is_init_cond_frame=is_cond, point_inputs=point_inputs,
-            mask_inputs=mask_inputs, reverse=reverse, run_mem_encoder=False,
+            mask_inputs=mask_inputs, reverse=reverse, run_mem_encoder=False, memory=memory,
             prev_sam_mask_logits=prev_sam_mask_logits,
         )
         storage_key = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
@@ -475,30 +479,13 @@ class SAM2VideoPredictor:
             for frame_idx in outputs["cond_frame_outputs"]:
                 outputs["non_cond_frame_outputs"].pop(frame_idx, None)
 
-    def _memory_window(self, frame_idx: int, num_frames: int) -> list[int]:
-        """Frames other than `frame_idx` whose non-conditioning outputs tracking may read: the
-        spatial memories (num_maskmem frames at the eval stride) and the object pointers."""
-        cfg = self.config
-        reach = max(cfg.num_maskmem * cfg.memory_temporal_stride_for_eval, cfg.max_obj_ptrs_in_encoder)
-        return [t for t in range(max(frame_idx - reach, 0), min(frame_idx + reach + 1, num_frames))
-                if t != frame_idx]
-
-    def _memory_signature(self, outputs: dict[str, dict[int, FrameOutput]], frame_idx: int,
-                          num_frames: int) -> tuple:
-        """Objects with equal signatures on a frame select the same memory frames, so they can
-        be tracked as one batch with exactly the per-object results."""
-        non_cond = outputs["non_cond_frame_outputs"]
-        return (tuple(sorted(outputs["cond_frame_outputs"])),
-                tuple(t for t in self._memory_window(frame_idx, num_frames) if t in non_cond))
-
-    def _batched_memory(self, state: InferenceState, obj_idxs: Sequence[int], frame_idx: int) -> dict:
-        """The memory bank of objects with one signature, as the output dict `track_step`
-        reads: {"cond_frame_outputs"|"non_cond_frame_outputs": {t: {"maskmem_features"
-        [B,mem_dim,S/16,S/16] in the storage dtype, "maskmem_pos_enc" list of [B,mem_dim,h,w],
-        "obj_ptr" [B,C]}}}. The model casts the memory exactly to float32 where it reads it,
-        which keeps frames without object pointers working (facebookresearch/sam2#308)."""
+    def _batched_memory(self, state: InferenceState, obj_idxs: Sequence[int], selection: MemorySelection) -> MemoryBank:
+        """One bank for objects whose banks make the same `selection`, holding only what it reads,
+        stacked: maskmem_features [B,mem_dim,S/16,S/16] in the storage dtype, maskmem_pos_enc list of
+        [B,mem_dim,h,w], obj_ptr [B,C]. The model casts the memory exactly to float32 where it reads
+        it, which keeps frames without object pointers working (facebookresearch/sam2#308)."""
         device = state["device"]
-        per_obj = [state["output_dict_per_obj"][i] for i in obj_idxs]
+        banks = [state["output_dict_per_obj"][i].restricted_to(selection) for i in obj_idxs]
 
         def stack(outs: list[FrameOutput]) -> FrameOutput:
             return {
@@ -507,12 +494,10 @@ class SAM2VideoPredictor:
                 "obj_ptr": torch.cat([o["obj_ptr"] for o in outs], dim=0).to(device),
             }
 
-        first = per_obj[0]
-        cond = {t: stack([o["cond_frame_outputs"][t] for o in per_obj]) for t in first["cond_frame_outputs"]}
-        non_cond = {t: stack([o["non_cond_frame_outputs"][t] for o in per_obj])
-                    for t in self._memory_window(frame_idx, state["num_frames"])
-                    if t in first["non_cond_frame_outputs"]}
-        return {"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond}
+        batched = self.model.new_memory_bank()
+        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            batched[key].update((t, stack([bank[key][t] for bank in banks])) for t in banks[0][key])
+        return batched
 
     def _backbone_out(self, state: InferenceState, frame_idx: int) -> dict:
         """Image-encoder output of one frame (batch 1); the most recent frame is cached."""
@@ -555,9 +540,10 @@ class SAM2VideoPredictor:
         mask_inputs: torch.Tensor | None,
         reverse: bool,
         run_mem_encoder: bool,
+        memory: MemoryBank,
         prev_sam_mask_logits: torch.Tensor | None = None,
     ) -> tuple[list[FrameOutput], torch.Tensor]:
-        """One `track_step` for a batch of objects on one frame.
+        """One `track_step` for a batch of objects on one frame, reading `memory` (their batched bank).
 
         Returns the per-object compact outputs (what the session keeps: maskmem_features
         [1,mem_dim,S/16,S/16] in the storage dtype or None, maskmem_pos_enc, pred_masks
@@ -565,10 +551,6 @@ class SAM2VideoPredictor:
         [B,1,S/4,S/4] on the compute device, small holes filled.
         """
         _, vision_feats, vision_pos_embeds, feat_sizes = self._image_features(state, frame_idx, len(obj_idxs))
-        if is_init_cond_frame:
-            memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        else:
-            memory = self._batched_memory(state, obj_idxs, frame_idx)
         out = self.model.track_step(
             frame_idx=frame_idx,
             is_init_cond_frame=is_init_cond_frame,
@@ -577,7 +559,7 @@ class SAM2VideoPredictor:
             feat_sizes=feat_sizes,
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
-            output_dict=memory,
+            memory=memory,
             num_frames=state["num_frames"],
             track_in_reverse=reverse,
             run_mem_encoder=run_mem_encoder,
