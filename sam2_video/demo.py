@@ -21,7 +21,7 @@ from sam2_video.config import DataSection, ModelSection, RunConfig, TrainSection
 from sam2_video.data import synthesize
 from sam2_video.errors import UserInputError
 from sam2_video.evaluate.davis import evaluate_davis
-from sam2_video.io import atomic_path
+from sam2_video.io import atomic_path, check_output_folder
 from sam2_video.predict.masks_io import VOID_ID, read_mask_png, write_palette_png
 from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.cli import build_model, build_validator, train
@@ -43,6 +43,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per generated video")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse out-of-range flags before anything is written; the message names the flag and the range."""
+    minimums = [("--epochs", args.epochs, 1, "training epochs"),
+                ("--train-videos", args.train_videos, 2, "one optimizer step takes 2 clips"),
+                ("--val-videos", args.val_videos, 1, "held-out videos to score"),
+                ("--frames", args.frames, 2, "a first frame to prompt and one to track"),
+                ("--seed", args.seed, 0, "random seed")]
+    for flag, value, minimum, meaning in minimums:
+        if value < minimum:
+            raise UserInputError(f"{flag} {value}: must be at least {minimum} ({meaning})")
+    multiple, smallest = (32, 64) if args.model == "sam2" else (16, 32)
+    if args.image_size % multiple or args.image_size < smallest:
+        raise UserInputError(f"--image-size {args.image_size}: --model {args.model} needs a multiple of {multiple}, "
+                             f"at least {smallest}")
 
 
 def demo_config(args: argparse.Namespace, out: Path, train_root: Path, val_root: Path) -> RunConfig:
@@ -84,7 +100,9 @@ def score(val_root: Path, pred_root: Path) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     out = Path(args.out)
+    check_output_folder(out, "--out")
     if out.exists() and any(out.iterdir()):
         raise UserInputError(f"--out {out}: folder exists and is not empty; choose a new folder (nothing was changed)")
     torch.manual_seed(args.seed)

@@ -217,9 +217,12 @@ def test_nan_loss_stops_with_step_and_videos_and_keeps_last_good_checkpoint(tmp_
         trainer.fit()
     message = str(err.value)
     assert "nan at optimizer step 3" in message
-    assert "clip" in message and str(tmp_path / "last.pt") in message
+    assert "clip" in message and f"{tmp_path / 'last.pt'} now holds step 1" in message
+    # step 3 ran on step 2's weights, so that checkpoint is suspect: set aside, step 1's is resumed from
+    assert err.value.step == 3 and err.value.resume_step == 1
+    assert load_training_checkpoint(tmp_path / "diverged.pt")["steps"] == 2
     checkpoint = load_training_checkpoint(tmp_path / "last.pt")
-    assert checkpoint["steps"] == 2
+    assert checkpoint["steps"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 

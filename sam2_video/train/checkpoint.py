@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
@@ -42,3 +43,30 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise UserInputError(f"{path}: expected a checkpoint dict with a 'model' entry")
     return checkpoint
+
+
+def restore_optimizer(checkpoint: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: LambdaLR) -> None:
+    """Load the checkpoint's optimizer moments and schedule position, keeping this run's learning
+    rates, weight decay and schedule shape (a resume with other values regroups the parameters).
+
+    Each parameter's state is matched by name through the groups' `param_names`.
+    """
+    saved = checkpoint["optimizer"]
+    by_name = {
+        name: saved["state"][index]
+        for group in saved["param_groups"]
+        for name, index in zip(group["param_names"], group["params"])
+        if index in saved["state"]
+    }
+    current = optimizer.state_dict()
+    state = {
+        index: by_name[name]
+        for group in current["param_groups"]
+        for name, index in zip(group["param_names"], group["params"])
+        if name in by_name
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)

@@ -1,7 +1,9 @@
-"""`sam2-video train --config FILE.yaml [section.key=value ...] [--resume]`.
+"""`sam2-video train --config FILE.yaml [section.key=value ...] [--resume [--allow-changes]]`.
 
 Builds the clip dataset, the model (SAM2 with the official training forward, or STCN), its loss and
-the J&F validator from the run config, then runs the `Trainer`. Under `torchrun` every process
+the J&F validator from the run config, then runs the `Trainer`. Before anything is written, rank 0
+checks `train.out_dir` (a writable folder, locked against a second `train`, no earlier run unless
+resuming, the resumed config compatible with the checkpoint's). Under `torchrun` every process
 runs this; the process group is set up here (NCCL on GPUs, gloo on CPUs).
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import dataclasses
 import gc
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -36,9 +39,12 @@ from sam2_video.data import (
 )
 from sam2_video.data.loader import distributed_rank_and_size
 from sam2_video.errors import UserInputError
-from sam2_video.io import atomic_path
+from sam2_video.io import atomic_path, check_output_folder
 from sam2_video.rng import seed_everything
+from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
+from sam2_video.train.resume_check import check_resume_config
+from sam2_video.train.run_lock import RunLock, remove_partial_writes
 from sam2_video.train.stcn_loss import STCNLoss
 from sam2_video.train.trainer import (
     LossFn,
@@ -65,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="override config values, e.g. train.lr=1e-5 dataset.batch_size=2")
     parser.add_argument("--resume", action="store_true", help="continue from train.out_dir/last.pt exactly")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: accept data and schedule changes (data paths, learning rates, ...) "
+                             "against the checkpoint's config; model changes are never accepted")
+    parser.add_argument("--break-stale-lock", action="store_true",
+                        help="clear the lock a train process that is no longer running left in train.out_dir")
 
 
 def build_train_dataset(config: RunConfig) -> ClipDataset:
@@ -244,16 +255,81 @@ def build_trainer(config: RunConfig, validate: Validator | None = None) -> Train
     )
 
 
-def train(config: RunConfig, resume: bool = False, validate: Validator | None = None) -> TrainResult:
+def prepare_run_folder(config: RunConfig, lock: RunLock, resume: bool, allow_changes: bool) -> dict[str, Any] | None:
+    """Rank 0's checks before anything is written to `train.out_dir`; takes `lock`, then removes
+    partial writes of a killed run. Returns the loaded `last.pt` when resuming."""
+    out_dir = Path(config.train.out_dir)
+    check_output_folder(out_dir, "train.out_dir")
+    lock.acquire()
+    checkpoint = None
+    if resume:
+        last = out_dir / "last.pt"
+        if not last.is_file():
+            raise UserInputError(f"{last}: no checkpoint to resume from (train without --resume first)")
+        checkpoint = load_training_checkpoint(last)
+        changes = check_resume_config(checkpoint.get("config"), config.to_dict(), str(last), allow_changes)
+        if changes:
+            print("resuming with a changed config:\n" + "\n".join(changes))
+    else:
+        for name in ("last.pt", "last_good.pt"):
+            if (out_dir / name).exists():
+                raise UserInputError(f"{out_dir / name} exists from an earlier run; continue it with --resume, "
+                                     "or choose another train.out_dir (nothing was written)")
+    removed = remove_partial_writes(out_dir)
+    if removed:
+        print(f"removed {len(removed)} partial file(s) an interrupted write left in {out_dir}: "
+              + ", ".join(path.name for path in removed))
+    return checkpoint
+
+
+def train(
+    config: RunConfig,
+    resume: bool = False,
+    validate: Validator | None = None,
+    allow_changes: bool = False,
+    break_stale_lock: bool = False,
+) -> TrainResult:
     """Fine-tune as `config` says (the Python entry point behind `sam2-video train`).
 
-    `validate` replaces the validator built from `dataset.val_data_path`.
+    `validate` replaces the validator built from `dataset.val_data_path`; `allow_changes` and
+    `break_stale_lock` are the command's `--allow-changes` and `--break-stale-lock`.
     """
-    trainer = build_trainer(config, validate)
-    if trainer.is_main:
-        with atomic_path(Path(config.train.out_dir) / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return trainer.fit(resume=resume)
+    rank, world_size = distributed_rank_and_size()
+    lock = RunLock(config.train.out_dir, break_stale=break_stale_lock)
+    try:
+        checkpoint, failure = None, None
+        if rank == 0:
+            try:
+                checkpoint = prepare_run_folder(config, lock, resume, allow_changes)
+            except UserInputError as err:
+                failure = str(err)
+        if world_size > 1:  # every rank stops when rank 0 refuses the folder
+            shared = [failure]
+            dist.broadcast_object_list(shared, src=0)
+            failure = shared[0]
+        if failure is not None:
+            raise UserInputError(failure)
+        trainer = build_trainer(config, validate)
+        if trainer.is_main:
+            with atomic_path(Path(config.train.out_dir) / "config.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return trainer.fit(resume=resume, checkpoint=checkpoint)
+    finally:
+        lock.release()
+
+
+def lower_lr_command(args: argparse.Namespace, config: RunConfig, resume_step: int | None) -> str:
+    """The command line that retries with 10x lower learning rates, from `last.pt` when it holds a step."""
+    lr_keys = ("train.lr", "train.image_encoder_lr")
+    kept = [override for override in args.overrides if override.split("=", 1)[0].strip() not in lr_keys]
+    argv = ["sam2-video", "train"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        argv = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '1')}", "-m", "sam2_video.cli", "train"]
+    argv += ["--config", args.config, *kept,
+             f"train.lr={config.train.lr / 10!r}", f"train.image_encoder_lr={config.train.image_encoder_lr / 10!r}"]
+    if resume_step is not None:
+        argv += ["--resume", "--allow-changes"]
+    return shlex.join(argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -261,9 +337,13 @@ def run(args: argparse.Namespace) -> int:
     created_group = _init_distributed()
     rank = distributed_rank_and_size()[0]
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, allow_changes=args.allow_changes,
+                       break_stale_lock=args.break_stale_lock)
     except NonFiniteLossError as err:
-        print(f"sam2-video train: error: {err}", file=sys.stderr)
+        retry = (f"continue from step {err.resume_step}" if err.resume_step is not None
+                 else "start again (check those videos' masks too)")
+        print(f"sam2-video train: error: {err}.\nTo {retry} with 10x lower learning rates, run:\n"
+              f"  {lower_lr_command(args, config, err.resume_step)}", file=sys.stderr)
         return 1
     finally:
         if created_group:

@@ -4,13 +4,13 @@ It owns the data order (an epoch-seeded sampler whose items carry their own seed
 run sees the same clips, crops and prompts), AdamW with parameter groups, the warm-up + cosine
 schedule, gradient clipping and accumulation, bf16 autocast on CUDA, DDP under `torchrun`,
 validation with `best.pt` kept by the best metric, atomic `last.pt` checkpoints with every
-RNG state, and the logs (`metrics.jsonl`, TensorBoard, `loss_curve.png`).
+RNG state (rolled back to the last steady one when a NaN stops training, see `good_checkpoint`),
+and the logs (`metrics.jsonl`, TensorBoard, `loss_curve.png`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,8 @@ from sam2_video.errors import UserInputError
 from sam2_video.data.loader import build_dataloader, distributed_rank_and_size
 from sam2_video.device import resolve_device
 from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
-from sam2_video.train.checkpoint import CHECKPOINT_FORMAT, load_training_checkpoint, save_checkpoint
+from sam2_video.train.checkpoint import CHECKPOINT_FORMAT, load_training_checkpoint, restore_optimizer, save_checkpoint
+from sam2_video.train.good_checkpoint import GoodCheckpoint
 from sam2_video.train.loss import CORE_LOSS_KEY
 from sam2_video.train.metrics_log import MetricsLog, plot_loss_curve
 from sam2_video.train.optim import build_optimizer, build_scheduler
@@ -36,7 +37,16 @@ Validator = Callable[[nn.Module], dict[str, float]]
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN / infinite loss or gradient; the message names the step and the videos."""
+    """Training produced a NaN / infinite loss or gradient; the message names the step and the videos.
+
+    `step`: the optimizer step that failed; `resume_step`: the step `last.pt` holds after the stop
+    (None: no checkpoint to resume from).
+    """
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+        self.resume_step: int | None = None
 
 
 def optimizer_steps_per_epoch(num_clips: int, batch_size: int, grad_accumulation: int, world_size: int = 1) -> int:
@@ -144,6 +154,7 @@ class Trainer:
         self.last_loss: dict[str, float] = {}
         self.best_meter_values: dict[str, float] = {}
         self.log: MetricsLog | None = None
+        self.checkpoints = GoodCheckpoint(self.out_dir) if self.is_main else None
 
     @property
     def last_path(self) -> Path:
@@ -176,9 +187,9 @@ class Trainer:
         }
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        """Restore a checkpoint; learning rates, weight decay and schedule are this run's settings."""
         self.module.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_optimizer(checkpoint, self.optimizer, self.scheduler)
         self.epoch = checkpoint["epoch"]
         self.batches_done = checkpoint["batches_in_epoch"]
         self.step = checkpoint["steps"]
@@ -192,20 +203,25 @@ class Trainer:
         payload = self.state_dict()  # every rank joins the RNG gather
         if self.is_main:
             save_checkpoint(payload, path)
+            if path == self.last_path:
+                self.checkpoints.saved(self.step, payload["model"])
 
     # ------------------------------------------------------------------ training
-    def fit(self, resume: bool = False) -> TrainResult:
-        """Train for `settings.epochs` epochs (from `out_dir/last.pt` when `resume`)."""
+    def fit(self, resume: bool = False, checkpoint: dict[str, Any] | None = None) -> TrainResult:
+        """Train for `settings.epochs` epochs (from `out_dir/last.pt` when `resume`; `checkpoint`:
+        that file's content when the caller has loaded it already)."""
         if resume:
             if not self.last_path.is_file():
                 raise UserInputError(f"{self.last_path}: no checkpoint to resume from (train without --resume first)")
-            self.load_state_dict(load_training_checkpoint(self.last_path))
+            self.load_state_dict(checkpoint or load_training_checkpoint(self.last_path))
+            if self.checkpoints is not None:
+                self.checkpoints.resumed(self.step)
         else:
-            if self.last_path.exists():
-                raise UserInputError(
-                    f"{self.last_path} exists from an earlier run; continue it with --resume, "
-                    "or choose another train.out_dir"
-                )
+            for path in (self.last_path, self.checkpoints.good if self.checkpoints else None):
+                if path is not None and path.exists():
+                    raise UserInputError(
+                        f"{path} exists from an earlier run; continue it with --resume, or choose another train.out_dir"
+                    )
             seed_everything(self.settings.seed + self.rank)
         if self.is_main:
             self.log = MetricsLog(self.out_dir, resume_from_step=self.step if resume else None)
@@ -221,6 +237,11 @@ class Trainer:
                 if self.validate is not None and every and self.epoch % every == 0:
                     self._run_validation()
                 self._save(self.last_path)
+        except NonFiniteLossError as err:
+            if self.checkpoints is not None:
+                err.resume_step, kept = self.checkpoints.roll_back()
+                err.args = (f"{err}; {kept}",)
+            raise
         finally:
             if progress is not None:
                 progress.close()
@@ -265,13 +286,15 @@ class Trainer:
                 step_terms[key] = step_terms.get(key, 0.0) + value / accumulation
             if not is_step_end:
                 continue
-            lr = max(self.scheduler.get_last_lr())  # the rate this step uses (largest group)
+            lr = max(group["lr"] for group in self.optimizer.param_groups)  # the rate this step uses
             grad_norm = self._optimizer_step(batch, batch_index)
             step_terms = self._mean_over_ranks(step_terms)
             self.batches_done = batch_index + 1
             seconds = time.perf_counter() - step_start
             self.time_elapsed += seconds
             self.last_loss = step_terms
+            if self.checkpoints is not None:
+                self.checkpoints.observe(self.step, step_terms[CORE_LOSS_KEY])
             record = {**step_terms, "lr": lr, "grad_norm": grad_norm, "seconds": seconds}
             history.append(record)
             if self.log is not None and self.step % settings.log_every_steps == 0:
@@ -324,23 +347,18 @@ class Trainer:
         return dict(zip(names, (values / self.world_size).tolist()))
 
     def _check_finite(self, value: Tensor, what: str, batch: Any, batch_index: int) -> None:
-        """Stop every rank when any rank sees a NaN / inf; `last.pt` keeps the last good state."""
+        """Stop every rank when any rank sees a NaN / inf (`fit` then rolls `last.pt` back to a good state)."""
         bad = torch.tensor(float(not torch.isfinite(value).all()), device=self.device)
         if self.world_size > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item() == 0:
             return
         names = getattr(batch, "video_names", None)
-        kept = (
-            f"the last good checkpoint is {self.last_path}"
-            if self.last_path.is_file()
-            else "no checkpoint had been written yet"
-        )
         raise NonFiniteLossError(
             f"{what} is {value.float().flatten()[0].item()} at optimizer step {self.step + 1} "
             f"(epoch {self.epoch}, batch {batch_index}) on videos {names if names is not None else '(unnamed)'}"
-            f" (on rank {self.rank} or another rank); training stopped and {kept}. Lower train.lr, check those "
-            "videos' masks, or resume with --resume."
+            f" (on rank {self.rank} or another rank); training stopped",
+            step=self.step + 1,
         )
 
     def _run_validation(self) -> None:
