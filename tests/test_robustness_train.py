@@ -1,6 +1,7 @@
 """Issue 14, `train` and `demo`: the earlier run's files survive a refused start, one writer per run
 folder, resume config checks, the NaN stop's rollback and advice, partial writes, bad output
-locations and demo flags. Every case runs through `sam2-video` itself."""
+locations and demo flags, through `sam2-video` itself; the rollback rule and the regrouping of
+parameters on a resume with other learning rates also on the toy trainer of test_trainer."""
 from __future__ import annotations
 
 import json
@@ -16,10 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from sam2_video.cli import main
+from sam2_video.train.loss import CORE_LOSS_KEY
 from sam2_video.train.metrics_log import read_metrics
 from sam2_video.train.optim import warmup_cosine_factor
+from sam2_video.train.trainer import NonFiniteLossError
+from test_trainer import make_trainer, toy_loss
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # a tiny SAM2 on 2 synthetic videos: 1 optimizer step per epoch
@@ -229,3 +234,37 @@ def test_nan_stop_rolls_back_to_a_steady_checkpoint_and_the_advice_gets_past_it(
     assert "Traceback" not in capsys.readouterr().err
     losses = {r["step"]: r["core_loss"] for r in read_metrics(out / "metrics.jsonl", "train")}
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+
+
+def test_a_checkpoint_followed_by_an_exploding_loss_is_not_the_one_kept(tmp_path: Path) -> None:
+    """Toy trainer, a checkpoint every step: step 3's loss (on step 2's weights) jumps 1000x, step 4's
+    is NaN. Step 2's and 3's checkpoints are suspect; last.pt goes back to step 1's."""
+    loss, calls = toy_loss(), {"n": 0}
+
+    def exploding_then_nan(outputs, batch):
+        calls["n"] += 1
+        losses = loss(outputs, batch)
+        losses[CORE_LOSS_KEY] = losses[CORE_LOSS_KEY] * {3: 1000.0, 4: float("nan")}.get(calls["n"], 1.0)
+        return losses
+
+    with pytest.raises(NonFiniteLossError) as err:
+        make_trainer(tmp_path, loss_fn=exploding_then_nan, checkpoint_every_steps=1).fit()
+    assert err.value.step == 4 and err.value.resume_step == 1
+    assert f"{tmp_path / 'last.pt'} now holds step 1" in str(err.value)
+    assert torch.load(tmp_path / "diverged.pt", weights_only=True)["steps"] == 3
+
+
+def test_resume_with_other_learning_rates_regroups_the_parameters_and_keeps_their_moments(tmp_path: Path) -> None:
+    """Toy trainer: image_encoder_lr raised to lr merges two parameter groups; each parameter keeps
+    its own Adam moments and the groups follow the new rates."""
+    make_trainer(tmp_path, num_clips=2, epochs=1).fit()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["optimizer"]
+    saved_moments = {name: saved["state"][index]["exp_avg"] for group in saved["param_groups"]
+                     for name, index in zip(group["param_names"], group["params"])}
+    resumed = make_trainer(tmp_path, num_clips=2, epochs=1, image_encoder_lr=3e-3)
+    resumed.fit(resume=True)  # nothing left to train: the state is as loaded
+    groups = resumed.optimizer.param_groups
+    assert len(groups) < len(saved["param_groups"]) and {g["initial_lr"] for g in groups} == {3e-3}
+    for group in groups:
+        for name, param in zip(group["param_names"], group["params"]):
+            assert torch.equal(resumed.optimizer.state[param]["exp_avg"], saved_moments[name]), name

@@ -59,7 +59,7 @@ class GoodCheckpoint:
         steady = not self.recent or loss <= EXPLOSION_FACTOR * statistics.median(self.recent)
         if steady:
             self.recent.append(loss)
-        if self.pending is not None and self.pending < step and steady and self.pending_finite:
+        if self.pending == step - 1 and steady and self.pending_finite:  # the first step on its weights
             _link(self.last, self.good)
             self.pending = None
 
