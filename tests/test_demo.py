@@ -84,7 +84,9 @@ def test_stcn_predict_needs_an_stcn_training_checkpoint(stcn_demo: Path, tmp_pat
     video = sorted((stcn_demo / "data" / "val" / "JPEGImages").iterdir())[0]
     first_mask = sorted((stcn_demo / "data" / "val" / "Annotations" / video.name).glob("*.png"))[0]
     exported = tmp_path / "weights.pt"
-    assert main(["export", str(stcn_demo / "train" / "last.pt"), str(exported)]) == 0
+    assert main(["export", str(stcn_demo / "train" / "last.pt"), str(exported)]) == 2  # export is SAM2's
+    assert "not SAM2" in capsys.readouterr().err and not exported.exists()
+    torch.save({"model": torch.load(stcn_demo / "train" / "last.pt", weights_only=True)["model"]}, exported)
     truncated = tmp_path / "bad_sizes.pt"
     checkpoint = torch.load(stcn_demo / "train" / "last.pt", weights_only=True)
     checkpoint["config"]["model"]["stcn_value_dim"] = 64

@@ -102,6 +102,16 @@ def test_resume_accepts_more_epochs_and_allowed_data_changes(run_copy: Path, cap
     assert "lr: 0.0005" in (run_copy / "config.yaml").read_text()
 
 
+
+def test_overrides_after_a_flag_are_overrides(run_copy: Path, capsys) -> None:
+    """The advised resume command puts flags last, but `--resume key=value` is what people type."""
+    status = main(["train", *TINY, f"train.out_dir={run_copy}", "--resume", "train.epochs=2", "model.image_size=128"])
+    err = capsys.readouterr().err
+    assert status == 2 and "model.image_size: 64 -> 128" in err and "unrecognized arguments" not in err
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, f"train.out_dir={run_copy}", "--resume", "not-an-override"])
+    assert "unrecognized arguments: not-an-override" in capsys.readouterr().err
+
 # ---------------------------------------------------------------- cases 4, 19: one writer per run folder
 HOLDING_SCRIPT = """
 import sys, time
