@@ -137,7 +137,8 @@ def test_cache_bounded_and_prefetch_follows_direction(long_mp4: tuple[Path, list
         for t in range(40):
             frames[t]
             assert len(frames.cached_indices) <= 12
-        assert wait_for(lambda: set(range(40, 46)) <= set(frames.cached_indices))
+        # at least half the window ahead (a refill starts once half of it is missing)
+        assert wait_for(lambda: set(range(40, 43)) <= set(frames.cached_indices))
         frames[200]
         frames[199]  # now reading backwards
         assert wait_for(lambda: set(range(193, 199)) <= set(frames.cached_indices))

@@ -53,7 +53,7 @@ class FrameSource(Protocol):
     width: int
 
     def decode(self, start: int, stop: int,
-               interrupted: Callable[[], bool] = bool) -> Iterator[tuple[int, Image.Image]]:
+               interrupted: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, Image.Image]]:
         """(index, RGB image) of frames start..stop-1, in order; ends early once `interrupted()`
         is true (checked after each frame decoded, also the frames before `start`)."""
 
@@ -77,7 +77,7 @@ class FolderSource:
             raise UserInputError(f"{self._paths[0]}: cannot read the image of frame 0 ({err})") from err
 
     def decode(self, start: int, stop: int,
-               interrupted: Callable[[], bool] = bool) -> Iterator[tuple[int, Image.Image]]:
+               interrupted: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, Image.Image]]:
         for index in range(start, stop):
             if interrupted():
                 return
@@ -158,7 +158,7 @@ class VideoFileSource:
         raise UserInputError(f"{self.path}: {message}")
 
     def decode(self, start: int, stop: int,
-               interrupted: Callable[[], bool] = bool) -> Iterator[tuple[int, Image.Image]]:
+               interrupted: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, Image.Image]]:
         key = bisect.bisect_right(self._key_indices, start) - 1  # last keyframe at or before start
         continues = self._frames is not None and self._next <= start
         if not (continues and (key < 0 or self._key_indices[key] <= self._next)):
