@@ -44,7 +44,8 @@ def moving_frames(num_frames: int, height: int = 48, width: int = 64) -> list[np
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], irregular: bool = False, faststart: bool = False) -> None:
-    """H.264 with B-frames and a keyframe every 24 frames; `irregular` leaves gaps in the timestamps."""
+    """H.264 with B-frames and a keyframe every 24 frames, in the container of the file's suffix;
+    `irregular` leaves gaps in the timestamps."""
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream("libx264", rate=30, options={"preset": "ultrafast", "bf": "2", "g": "24"})
@@ -110,6 +111,18 @@ def test_mp4_any_order_matches_full_decode(long_mp4: tuple[Path, list[torch.Tens
         assert torch.equal(frames[150:153], torch.stack(expected[150:153]))
         with pytest.raises(IndexError, match="frame 300 is out of range.*has 300 frames"):
             frames[300]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".avi"])
+def test_other_containers_any_order(tmp_path: Path, suffix: str):
+    """.avi stores no presentation timestamps: with B-frames, frames are numbered as decoded."""
+    path = tmp_path / f"clip{suffix}"
+    write_mp4(path, moving_frames(100))
+    expected = [expected_input(image) for image in decode_all(path)]
+    with open_video_frames(path, SIZE, cache_size=16, prefetch=8) as frames:
+        assert len(frames) == len(expected) == 100
+        for t in [*range(100), *range(99, -1, -1), *random.Random(0).sample(range(100), 20)]:
+            assert torch.equal(frames[t], expected[t]), f"frame {t}"
 
 
 def test_iter_rgb_gives_original_frames(long_mp4: tuple[Path, list[torch.Tensor]]):

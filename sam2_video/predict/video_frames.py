@@ -15,7 +15,9 @@ is reached; a truncated video file is reported when it is opened.
 Random access in video files seeks. The packet scan gives each frame's presentation timestamp (its
 index is the timestamp's rank, so irregular timestamps and B-frames are exact) and the keyframes;
 frame i is read by seeking to the last keyframe at or before it and decoding forward to it, while
-reads that continue from the decoder's position never seek. The other option, a uint8 copy of the
+reads that continue from the decoder's position never seek. Files whose timestamps do not order the
+frames (B-frames in .avi, missing or repeated timestamps) are numbered as decoded, as a full decode
+does, and read backwards by decoding from the start. The other option, a uint8 copy of the
 video on disk, needs a full decode before the first random access (a prompt on frame 3000 waits
 for 3000 decodes) and S*S*3 bytes of disk per frame (14 GiB for 4800 frames at 1024 px); a seek
 costs at most one group of pictures of decoding, and reverse reading decodes each group once per
@@ -29,6 +31,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Protocol
 
@@ -101,10 +104,23 @@ class FolderSource:
         pass
 
 
+@dataclass(frozen=True)
+class VideoIndex:
+    """What the packet scan of a video file found: the frame count, each frame's presentation
+    timestamp (sorted; None when the timestamps do not order the frames, e.g. B-frames in .avi:
+    frames are then numbered as decoded and every seek decodes from the start), and the keyframes'
+    frame indices with the timestamps to seek to them."""
+
+    num_frames: int
+    pts: list[int] | None
+    key_indices: list[int]
+    key_seek: list[int]
+
+
 class VideoFileSource:
     """A video file decoded with PyAV, indexed by a packet scan (see the module docstring)."""
 
-    def __init__(self, path: Path, index: tuple[list[int], list[int], list[int]] | None = None):
+    def __init__(self, path: Path, index: VideoIndex | None = None):
         self.path = path
         try:
             self._container = av.open(str(path))
@@ -115,17 +131,16 @@ class VideoFileSource:
             raise UserInputError(f"{path}: the file has no video stream")
         self._stream = self._container.streams.video[0]
         self.width, self.height = self._stream.codec_context.width, self._stream.codec_context.height
-        # sorted presentation timestamps; keyframes' indices (sorted) and the timestamps to seek to them
-        self._pts, self._key_indices, self._key_seek = index if index is not None else self._scan()
-        self._pts_index = {pts: i for i, pts in enumerate(self._pts)}
-        self.names = [f"{i:05d}" for i in range(len(self._pts))]
+        self.index = index if index is not None else self._scan()
+        self.names = [f"{i:05d}" for i in range(self.index.num_frames)]
+        self._pts_index = None if self.index.pts is None else {pts: i for i, pts in enumerate(self.index.pts)}
         self._frames: Iterator[av.VideoFrame] | None = None  # the decoder; yields frame self._next first
         self._next = 0
         self._from_start = False  # the decoder started at the beginning of the file (not at a seek)
 
-    def _scan(self) -> tuple[list[int], list[int], list[int]]:
+    def _scan(self) -> VideoIndex:
         """Read every packet of the stream (no decoding); checks that the file is complete."""
-        pts: list[int] = []
+        pts: list[int | None] = []
         keys: list[tuple[int, int]] = []
         try:
             for packet in self._container.demux(self._stream):
@@ -133,25 +148,20 @@ class VideoFileSource:
                     continue
                 if packet.is_corrupt:
                     self._fail(f"frame {len(pts)} is incomplete (truncated file?)")
-                if packet.pts is None:
-                    self._fail(f"frame {len(pts)} has no timestamp, so frames cannot be located; "
-                               "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
-                if packet.is_keyframe:
+                if packet.is_keyframe and packet.pts is not None:
                     keys.append((packet.pts, packet.dts if packet.dts is not None else packet.pts))
                 pts.append(packet.pts)
         except av.FFmpegError as err:
             self._fail(f"cannot read frame {len(pts)}: {err.strerror}")
-        listed = self._stream.frames
-        if listed > len(pts):
-            self._fail(f"the file lists {listed} frames but holds only {len(pts)} (truncated file?)")
+        if self._stream.frames > len(pts):
+            self._fail(f"the file lists {self._stream.frames} frames but holds only {len(pts)} (truncated file?)")
         if not pts:
             self._fail("the video has no frames")
-        if len(set(pts)) != len(pts):
-            self._fail("two frames have the same timestamp, so frames cannot be located; "
-                       "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+        if None in pts or len(set(pts)) != len(pts):
+            return VideoIndex(len(pts), None, [], [])
         pts.sort()
         keys.sort()
-        return pts, [bisect.bisect_left(pts, p) for p, _ in keys], [seek for _, seek in keys]
+        return VideoIndex(len(pts), pts, [bisect.bisect_left(pts, p) for p, _ in keys], [seek for _, seek in keys])
 
     def _fail(self, message: str) -> NoReturn:
         self._container.close()
@@ -159,17 +169,19 @@ class VideoFileSource:
 
     def decode(self, start: int, stop: int,
                interrupted: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, Image.Image]]:
-        key = bisect.bisect_right(self._key_indices, start) - 1  # last keyframe at or before start
+        keys = self.index.key_indices if self._pts_index is not None else []
+        key = bisect.bisect_right(keys, start) - 1  # last keyframe at or before start (-1: the file's start)
         continues = self._frames is not None and self._next <= start
-        if not (continues and (key < 0 or self._key_indices[key] <= self._next)):
+        if not (continues and (key < 0 or keys[key] <= self._next)):
             self._seek(key)
         while self._next < stop and not interrupted():
-            index, frame = self._decode_next()
-            if index < self._next:  # frames of the previous group shown after a keyframe (open GOP)
-                continue
-            if index > self._next:  # a frame was skipped: after a seek, retry from the start
-                if self._from_start:
-                    raise UserInputError(f"{self.path}: frame {self._next} could not be decoded")
+            frame = self._decode_next()
+            index = self._next if self._pts_index is None else self._pts_index.get(frame.pts)
+            if index != self._next:
+                if not self._from_start and index is not None and index < self._next:
+                    continue  # frames of the previous group shown after the keyframe sought (open GOP)
+                if self._from_start:  # the timestamps do not give the order: number frames as decoded
+                    self._pts_index = None
                 self._seek(-1)
                 continue
             self._next = index + 1
@@ -185,29 +197,24 @@ class VideoFileSource:
             self._stream = self._container.streams.video[0]
             self._next = 0
         else:
-            self._container.seek(self._key_seek[key], backward=True, any_frame=False, stream=self._stream)
-            self._next = self._key_indices[key]
+            self._container.seek(self.index.key_seek[key], backward=True, any_frame=False, stream=self._stream)
+            self._next = self.index.key_indices[key]
         self._frames = self._container.decode(self._stream)
 
-    def _decode_next(self) -> tuple[int, av.VideoFrame]:
+    def _decode_next(self) -> av.VideoFrame:
         try:
-            frame = next(self._frames)
+            return next(self._frames)
         except StopIteration:
             self._frames = None  # the next read seeks
             raise UserInputError(f"{self.path}: the video ends before frame {self._next} "
-                                 f"of {len(self._pts)} (truncated file?)") from None
+                                 f"of {self.index.num_frames} (truncated file?)") from None
         except av.FFmpegError as err:
             self._frames = None
             raise UserInputError(f"{self.path}: cannot decode frame {self._next}: {err.strerror}") from err
-        index = self._pts_index.get(frame.pts)
-        if index is None:
-            self._frames = None
-            raise UserInputError(f"{self.path}: frame {self._next} decodes to timestamp {frame.pts}, which no "
-                                 "packet has; re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
-        return index, frame
 
     def reopen(self) -> VideoFileSource:
-        return VideoFileSource(self.path, (self._pts, self._key_indices, self._key_seek))
+        index = self.index if self._pts_index is not None else VideoIndex(self.index.num_frames, None, [], [])
+        return VideoFileSource(self.path, index)
 
     def close(self) -> None:
         self._container.close()
