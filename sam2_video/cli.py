@@ -1,4 +1,4 @@
-"""`sam2-video` command line: demo, train, export, predict, evaluate.
+"""`sam2-video` command line: demo, train, export, predict, evaluate, annotate.
 
 Each sub-command lives next to the code it drives and exposes `add_arguments(parser)` and
 `run(args) -> int`; this file only wires them together.
@@ -18,6 +18,7 @@ COMMANDS = {
     "export": ("sam2_video.train.export_cli", "write a training checkpoint's model in the official SAM2 format"),
     "predict": ("sam2_video.predict.cli", "segment a frame folder or .mp4 from first-frame masks or clicks"),
     "evaluate": ("sam2_video.evaluate.cli", "DAVIS J&F of predicted masks against ground truth"),
+    "annotate": ("sam2_video.annotate.cli", "a local browser page to click, propagate, correct and export masks"),
 }
 
 
