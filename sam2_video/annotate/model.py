@@ -27,7 +27,11 @@ def build_predictor(checkpoint: Path | None, preset: str | None, image_size: int
                     device: torch.device) -> SAM2VideoPredictor:
     """SAM2 from `checkpoint`: a training run's last.pt/best.pt (its preset, image size and memory
     size are the run's), or official/exported weights (preset from `preset` or the file name).
-    Without a checkpoint the weights are random (with a warning). STCN runs are refused."""
+    Without a checkpoint the weights are random (with a warning). STCN runs are refused.
+
+    `add_all_frames_to_correct_as_cond=True` (an official option): a click on a frame reached by
+    propagation makes it a conditioning frame, so the correction is kept when propagating from it
+    (with the default the official predictor re-tracks that frame and drops the correction)."""
     overrides: dict[str, Any] = {}
     if checkpoint is not None:
         if not checkpoint.is_file():
@@ -56,7 +60,8 @@ def build_predictor(checkpoint: Path | None, preset: str | None, image_size: int
               "(give SAM2 weights or a training run's last.pt with --checkpoint)", file=sys.stderr)
     try:
         return build_sam2_video_predictor(preset, checkpoint=None if checkpoint is None else str(checkpoint),
-                                          device=device, image_size=image_size, **overrides)
+                                          device=device, image_size=image_size,
+                                          add_all_frames_to_correct_as_cond=True, **overrides)
     except ValueError as err:
         if isinstance(err, UserInputError):
             raise

@@ -32,6 +32,7 @@ from sam2_video.annotate.export import export_session
 from sam2_video.annotate.frames import FrameJPEGs
 from sam2_video.annotate.propagation import Propagation
 from sam2_video.annotate.session import AnnotationSession, Busy, NotFound
+from sam2_video.annotate.store import Action
 from sam2_video.errors import UserInputError
 
 STATIC = Path(__file__).parent / "static"
@@ -108,15 +109,19 @@ def create_app(session: AnnotationSession, frames: FrameJPEGs, video: Path, out:
             return result if isinstance(result, Response) else JSONResponse(result, headers=NO_STORE)
         return wrapped
 
-    def since(request: Request) -> int:
-        value = request.query_params.get("since", "0")
+    def since(request: Request, default: int = 0) -> int:
+        value = request.query_params.get("since", str(default))
         if not value.isdigit():
             raise UserInputError(f"since={value!r}: expected a version number")
         return int(value)
 
-    async def edited(request: Request, **result: Any) -> dict:
-        """What an edit returns: the new version and the frames whose masks changed after ?since=."""
-        return {**result, "version": session.version, "changed": session.changed_since(since(request))}
+    async def edited(request: Request, edit: Callable[..., Any], *args: Any) -> dict:
+        """Run an edit; it returns the new version and the frames whose masks changed after ?since=
+        (default: those the edit changed)."""
+        before = session.version
+        result = await run_in_threadpool(edit, *args)
+        extra = {"frame": result.frame, "obj_id": result.obj_id} if isinstance(result, Action) else {}
+        return {**extra, "version": session.version, "changed": session.changed_since(since(request, before))}
 
     async def get_session(request: Request) -> dict:
         return {**await run_in_threadpool(session.snapshot), "status": propagation.status()}
@@ -146,16 +151,14 @@ def create_app(session: AnnotationSession, frames: FrameJPEGs, video: Path, out:
         return vars(info)
 
     async def delete_object(request: Request) -> dict:
-        await run_in_threadpool(session.delete_object, request.path_params["obj_id"])
-        return await edited(request)
+        return await edited(request, session.delete_object, request.path_params["obj_id"])
 
     async def click(request: Request) -> dict:
         body = await _body(request, {"frame": int, "obj_id": int, "x": number, "y": number, "label": int})
         if body["label"] not in (0, 1):
             raise UserInputError(f"label must be 1 (object) or 0 (background), got {body['label']}")
-        await run_in_threadpool(session.click, body["frame"], body["obj_id"], float(body["x"]), float(body["y"]),
-                                body["label"])
-        return await edited(request)
+        return await edited(request, session.click, body["frame"], body["obj_id"], float(body["x"]),
+                            float(body["y"]), body["label"])
 
     async def box(request: Request) -> dict:
         body = await _body(request, {"frame": int, "obj_id": int, "box": list})
@@ -163,18 +166,15 @@ def create_app(session: AnnotationSession, frames: FrameJPEGs, video: Path, out:
         if len(corners) != 4 or not all(isinstance(v, number) and not isinstance(v, bool) for v in corners) \
                 or corners[0] >= corners[2] or corners[1] >= corners[3]:
             raise UserInputError(f"box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {corners!r}")
-        await run_in_threadpool(session.box, body["frame"], body["obj_id"], tuple(float(v) for v in corners))
-        return await edited(request)
+        return await edited(request, session.box, body["frame"], body["obj_id"], tuple(float(v) for v in corners))
 
     async def undo(request: Request) -> dict:
         await _body(request, {})
-        action = await run_in_threadpool(session.undo)
-        return await edited(request, frame=action.frame, obj_id=action.obj_id)
+        return await edited(request, session.undo)
 
     async def clear(request: Request) -> dict:
         body = await _body(request, {"frame": int, "obj_id": int})
-        await run_in_threadpool(session.clear, body["frame"], body["obj_id"])
-        return await edited(request)
+        return await edited(request, session.clear, body["frame"], body["obj_id"])
 
     async def propagate(request: Request) -> JSONResponse:
         body = await _body(request, {"frame": int, "direction": str})
