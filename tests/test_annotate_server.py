@@ -250,15 +250,29 @@ def test_concurrent_clicks_from_two_tabs_keep_the_session_file_whole(video: Path
 
 def test_edits_during_propagation_are_refused_and_cancel_stops_it(tmp_path: Path, checkpoint: Path):
     video = generated_video(tmp_path / "long", num_frames=40)
-    with annotate_client(video, tmp_path / "out", checkpoint) as client:
+    app = open_app(annotate_args(video, tmp_path / "out", checkpoint))
+    predictor = app.state.propagation.session.predictor
+    track = predictor.propagate_in_video
+
+    def slow_propagation(*args, **kwargs):  # 0.1 s per frame, so that the requests below meet it running
+        for result in track(*args, **kwargs):
+            time.sleep(0.1)
+            yield result
+
+    predictor.propagate_in_video = slow_propagation
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         client.post("/api/objects", json={})
         client.post("/api/click", json={"frame": 0, "obj_id": 1, "x": 20, "y": 20, "label": 1})
-        assert client.post("/api/propagate", json={"frame": 0, "direction": "forward"}).status_code == 202
+        assert client.post("/api/propagate", json={"frame": 0, "direction": "both"}).status_code == 202
         busy = client.post("/api/click", json={"frame": 0, "obj_id": 1, "x": 30, "y": 20, "label": 1})
         assert busy.status_code == 409 and "propagation is running" in busy.json()["error"]
         assert client.post("/api/propagate", json={"frame": 0, "direction": "forward"}).status_code == 409
+        assert client.post("/api/export", json={}).status_code == 409
+        status = client.get("/api/status").json()
+        assert status["running"] and status["text"].startswith("propagating both: ")
         stopped = client.post("/api/cancel", json={}).json()
         assert not stopped["running"] and stopped["done"] < 40 and "cancelled" in stopped["message"]
+        assert stopped["text"] == "ready"
         assert client.post("/api/click", json={"frame": 0, "obj_id": 1, "x": 30, "y": 20, "label": 1}).status_code == 200
 
 

@@ -27,6 +27,8 @@ class Propagation:
         session = self.session
         if direction not in DIRECTIONS:
             raise UserInputError(f"direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
+        if session.busy:  # before the lock, which the running propagation holds
+            raise Busy("a propagation is already running")
         with session.lock:
             if session.busy:
                 raise Busy("a propagation is already running")

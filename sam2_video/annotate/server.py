@@ -178,7 +178,7 @@ def create_app(session: AnnotationSession, frames: FrameJPEGs, video: Path, out:
 
     async def propagate(request: Request) -> JSONResponse:
         body = await _body(request, {"frame": int, "direction": str})
-        propagation.start(body["frame"], body["direction"])
+        await run_in_threadpool(propagation.start, body["frame"], body["direction"])
         return JSONResponse(propagation.status(), 202)
 
     async def cancel(request: Request) -> dict:

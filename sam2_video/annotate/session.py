@@ -58,13 +58,13 @@ class AnnotationSession:
 
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> dict:
-        """Everything the page shows: video size, objects, prompts, which frames have masks."""
-        with self.lock:
-            return {"num_frames": self.num_frames, "width": self.width, "height": self.height,
-                    "video": Path(self.record.video.path).name,
-                    "objects": [vars(o).copy() for o in self.record.objects],
-                    "actions": self.record.to_json()["actions"], "version": self.version,
-                    "frame_versions": dict(self.frame_versions)}
+        """Everything the page shows: video size, objects, prompts, which frames have masks. Without
+        the lock, which a propagation holds throughout (it changes only masks and versions)."""
+        return {"num_frames": self.num_frames, "width": self.width, "height": self.height,
+                "video": Path(self.record.video.path).name,
+                "objects": [vars(o).copy() for o in list(self.record.objects)],
+                "actions": self.record.to_json()["actions"], "version": self.version,
+                "frame_versions": dict(list(self.frame_versions.items()))}
 
     def changed_since(self, version: int) -> dict[int, int]:
         """Frames whose mask changed after `version`: {frame: its version}."""
