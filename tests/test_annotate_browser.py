@@ -1,6 +1,8 @@
 """`sam2-video annotate` in a real headless Chromium driven by Playwright, on the first frames of a
-DAVIS sequence with the tiny preset (seeded random weights made decisive): click -> mask overlay,
-propagate, correct a later frame and re-propagate, export, train and evaluate on the export, reload.
+DAVIS sequence with the tiny preset (seeded random weights made decisive): click -> mask overlay, a
+second object's box, propagate, correct a later frame and re-propagate, export, undo, reload, then
+train and evaluate on the export. `ANNOTATE_SCREENSHOT=docs/annotate.png` also writes the screenshot
+taken after propagation there.
 
 Outside CI the test skips when Playwright or /usr/bin/chromium is missing; under CI (CI=true) it fails
 instead, so it always runs there (.ci/run installs chromium).
@@ -56,6 +58,18 @@ def canvas_click(page, x: float, y: float, width: int, height: int, modifiers: l
     canvas.click(position={"x": left + x * scale, "y": top + y * scale}, modifiers=modifiers or [])
 
 
+def canvas_drag(page, start: tuple[float, float], end: tuple[float, float], width: int, height: int) -> None:
+    """Drag from video pixel `start` to `end` on the frame canvas (a box prompt)."""
+    box = page.get_by_test_id("frame-canvas").bounding_box()
+    scale = min(box["width"] / width, box["height"] / height)
+    left = box["x"] + (box["width"] - width * scale) / 2
+    top = box["y"] + (box["height"] - height * scale) / 2
+    page.mouse.move(left + start[0] * scale, top + start[1] * scale)
+    page.mouse.down()
+    page.mouse.move(left + end[0] * scale, top + end[1] * scale, steps=8)
+    page.mouse.up()
+
+
 def changed_canvas_pixels(page) -> int:
     """Pixels of the frame canvas that differ from the last `snapshot_canvas`."""
     return page.evaluate("""() => {
@@ -103,7 +117,7 @@ def test_click_propagate_correct_export_reload_in_chromium(browser, davis_root: 
     app = open_app(annotate_args(video, out, checkpoint, image_size=IMAGE_SIZE))
     width, height = app.state.propagation.session.width, app.state.propagation.session.height
     with serve(app) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = browser.new_page(viewport={"width": 1400, "height": 780})
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         page.goto(url)
@@ -118,21 +132,32 @@ def test_click_propagate_correct_export_reload_in_chromium(browser, davis_root: 
         assert (read_mask_png(masks / "00000.png") == 1).sum() > 1000
         assert changed_canvas_pixels(page) > 5000  # the overlay, not only the drawn point
 
+        # a second object, prompted with a box dragged around the swan
+        page.get_by_test_id("add-object").click()
+        page.wait_for_function("() => S.selected === 2 && S.info.objects.length === 2")
+        canvas_drag(page, (200, 120), (690, 470), width, height)
+        page.wait_for_function("() => S.info.actions.length === 2 && " + READY)
+        assert (read_mask_png(masks / "00000.png") == 2).sum() > 1000
+
         # propagate forward: every frame gets a mask; the status reports progress, then "ready"
         page.get_by_test_id("propagate-forward").click()
         page.wait_for_function(f"() => Object.keys(S.frameVersions).length === {NUM_FRAMES} && !S.running && "
                                + READY, timeout=120_000)
         assert sorted(p.stem for p in masks.glob("*.png")) == [f"{t:05d}" for t in range(NUM_FRAMES)]
+        page.evaluate("() => redraw()")
         page.screenshot(path=str(tmp_path / "annotate_after_propagation.png"))
         if os.environ.get("ANNOTATE_SCREENSHOT"):  # how docs/annotate.png is made
             page.screenshot(path=os.environ["ANNOTATE_SCREENSHOT"])
 
-        # keyboard stepping to frame 5, a negative shift-click corrects it; the page re-propagates from it
+        # keyboard stepping to frame 5, object 1 selected, a negative shift-click corrects it; the page
+        # re-propagates from there
         page.get_by_test_id("frame-canvas").hover()
-        for _ in range(5):
-            page.keyboard.press("ArrowRight")
+        for key in ["ArrowLeft"] * NUM_FRAMES + ["ArrowRight"] * 5:  # the view followed the propagation
+            page.keyboard.press(key)
         page.wait_for_function("() => S.frame === 5")
         assert page.get_by_test_id("frame-slider").input_value() == "5"
+        page.get_by_test_id("object-list").locator("li").first.click()
+        page.wait_for_function("() => S.selected === 1")
         before = {t: (masks / f"{t:05d}.png").read_bytes() for t in range(NUM_FRAMES)}
         versions = page.evaluate("() => ({...S.frameVersions})")
         ys, xs = np.nonzero(read_mask_png(masks / "00005.png") == 1)
@@ -152,16 +177,17 @@ def test_click_propagate_correct_export_reload_in_chromium(browser, davis_root: 
             sorted(p.stem for p in (out / "JPEGImages" / SEQUENCE).glob("*.jpg")) == [f"{t:05d}" for t in range(NUM_FRAMES)]
         assert (out / "JPEGImages" / SEQUENCE / "00000.jpg").read_bytes() == (video / "00000.jpg").read_bytes()
         assert len(json.loads((out / "coco.json").read_text())["images"]) == NUM_FRAMES
-        assert [p["frame"] for p in json.loads((out / "prompts.json").read_text())] == [0, 5]
+        prompts = json.loads((out / "prompts.json").read_text())
+        assert [(p["frame"], p["obj_id"], "box" in p) for p in prompts] == [(0, 1, False), (0, 2, True), (5, 1, False)]
 
         # undo and reload: the session comes back from DIR
         page.get_by_test_id("undo").click()
-        page.wait_for_function("() => S.info.actions.length === 1 && " + READY)
+        page.wait_for_function("() => S.info.actions.length === 2 && " + READY)
         page.reload()
         page.wait_for_function("() => S.info !== null && S.masks.has(0) && " + READY)
         restored = page.evaluate("() => [S.info.objects.length, S.info.actions.length, Object.keys(S.frameVersions).length]")
-        assert restored == [1, 1, NUM_FRAMES]
-        assert page.get_by_test_id("object-list").locator("li").count() == 1
+        assert restored == [2, 2, NUM_FRAMES]
+        assert page.get_by_test_id("object-list").locator("li").count() == 2
         assert not errors, errors
 
     check_export_trains_and_scores(out, SEQUENCE, tmp_path, checkpoint, IMAGE_SIZE)
