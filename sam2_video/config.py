@@ -25,6 +25,15 @@ STCN_KEY_BACKBONES = (18, 50)
 DATASET_TYPES = ("video", "coco", "vos", "sav", "synthetic")
 PROMPT_TYPES = ("point", "bbox", "mask")
 SAV_ANNOTATION_KINDS = ("manual", "auto")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# modules whose activations `train.activation_checkpointing` may recompute (sam2_train.CHECKPOINTABLE_MODULES)
+CHECKPOINTABLE_MODULES = ("image_encoder", "memory_attention", "memory_encoder", "sam_mask_decoder", "sam_prompt_encoder")
+# keys that no longer exist, with what to write instead
+REPLACED_KEYS = {
+    "train.amp": "'train.amp' was replaced by 'train.precision': write 'precision: auto' for amp: true (bf16 "
+                 "autocast on GPUs that have it, fp16 with loss scaling on those that do not, fp32 on the CPU) "
+                 "or 'precision: fp32' for amp: false",
+}
 Where = Callable[[str], str]  # dotted key -> where its value came from (the file or a command-line override)
 # what `dataset.data_path` must hold, per dataset_type
 DATA_PATH_CONTENTS = {
@@ -131,7 +140,16 @@ class TrainSection:
     final_lr_ratio: float = 0.1
     grad_clip: float = 0.1  # max gradient norm; 0 turns clipping off
     grad_accumulation: int = 1
-    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    # autocast dtype. bf16 halves activation memory and runs on tensor cores with fp32's range (no loss
+    # scaling); GPUs before Ampere (T4, V100) lack it, and fp16 there needs a GradScaler against
+    # underflowing gradients. auto: bf16 where the GPU has it natively, else fp16 + GradScaler, fp32 on
+    # the CPU. Memory features keep the dtype the official predictor stores at inference (bf16).
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    # recompute activations in the backward pass instead of keeping them (one extra forward pass of
+    # those modules, a fraction of the memory): true for all of image_encoder, memory_attention,
+    # memory_encoder, sam_mask_decoder, sam_prompt_encoder, or a list of them; applies where gradients
+    # flow (a frozen image encoder keeps no activations anyway). sam2 models only.
+    activation_checkpointing: bool | list[str] = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     val_every_epochs: int = 1
@@ -228,6 +246,8 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _unknown_key_error(where: Where, key: str, cls: type, prefix: str) -> UserInputError:
     full_key = f"{prefix}{key}"
+    if full_key in REPLACED_KEYS:
+        return UserInputError(f"{where(full_key)}: {REPLACED_KEYS[full_key]}")
     section_keys = [f"{prefix}{f.name}" for f in dataclasses.fields(cls)]
     candidates = difflib.get_close_matches(full_key, section_keys, n=1, cutoff=0.5)
     if not candidates:
@@ -406,6 +426,13 @@ def _check_values(config: RunConfig, source: str) -> None:
     ]:
         if value < 0:
             raise UserInputError(f"{source}: '{key}' must not be negative, got {value}")
+    _check_choice(source, "train.precision", config.train.precision, PRECISIONS)
+    checkpointing = config.train.activation_checkpointing
+    if checkpointing is not False and config.model.model != "sam2":
+        raise UserInputError(f"{source}: 'train.activation_checkpointing' applies to model sam2 only; "
+                             f"remove it for {config.model.model}")
+    for name in checkpointing if isinstance(checkpointing, list) else []:
+        _check_choice(source, "train.activation_checkpointing", name, CHECKPOINTABLE_MODULES)
     if config.model.model == "sam2" and not config.model.trainable_modules:
         raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
     if config.model.feature_cache_frames > 0 and data.augment:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam2_video.model.layers import MLP, DropPath
+from sam2_video.model.layers import MLP, DropPath, run_checkpointed
 from sam2_video.model.presets import HieraConfig
 
 
@@ -76,6 +76,7 @@ class MultiScaleBlock(nn.Module):
     """Pre-norm transformer block; windowed when `window_size` > 0, and pooling queries when `q_stride` is set.
 
     At a stage change (dim != dim_out) the shortcut is projected with `proj` and pooled like the queries.
+    `checkpoint_activations`: recompute the block in the backward pass (see `run_checkpointed`).
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class MultiScaleBlock(nn.Module):
         self.mlp = MLP(dim_out, int(dim_out * mlp_ratio), dim_out, num_layers=2, activation=nn.GELU)
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
+        self.checkpoint_activations = False
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """Max-pool a channels-last [B, H, W, C] map by `q_stride` (identity without pooling)."""
@@ -110,6 +112,9 @@ class MultiScaleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, dim] -> [B, H', W', dim_out]."""
+        return run_checkpointed(self, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:

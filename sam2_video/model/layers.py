@@ -2,10 +2,36 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def run_checkpointed(module: nn.Module, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)`, with its activations recomputed in the backward pass instead of kept.
+
+    Why: a training step keeps every block's intermediate activations for the backward pass, for
+    every frame of the clip; recomputing them block by block trades about one extra forward pass
+    for keeping only each block's input. It applies when `module.checkpoint_activations` is on
+    (set by the training model, never by inference code), autograd is recording, and gradients can
+    flow through the call (a trainable parameter in `module` or an input that requires grad);
+    otherwise `function` simply runs. Non-reentrant `torch.utils.checkpoint` stashes the CPU RNG
+    and that of the inputs' device before the call and restores it for the recomputation, so
+    dropout and drop-path draw the same masks twice and the gradients equal those without it.
+    """
+    if getattr(module, "checkpoint_activations", False) and torch.is_grad_enabled() and _gradients_flow(module, args):
+        return checkpoint(function, *args, use_reentrant=False)
+    return function(*args)
+
+
+def _gradients_flow(module: nn.Module, args: tuple[Any, ...]) -> bool:
+    tensors = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+    return any(torch.is_tensor(t) and t.requires_grad for t in tensors) or any(
+        p.requires_grad for p in module.parameters()
+    )
 
 
 class MLP(nn.Module):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam2_video.model.layers import MLP, LayerNorm2d
+from sam2_video.model.layers import MLP, LayerNorm2d, run_checkpointed
 from sam2_video.model.presets import SAM2Config
 
 
@@ -151,6 +151,7 @@ class MaskDecoder(nn.Module):
     and the multimask tokens used as object pointers when multimask output is requested.
 
     Widths follow `transformer_dim` (official: 256, with an MLP of 8 * 256 = 2048 and 8 heads).
+    `checkpoint_activations`: recompute `predict_masks` in the backward pass (see `run_checkpointed`).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class MaskDecoder(nn.Module):
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         self.dynamic_multimask_stability_delta = dynamic_multimask_stability_delta
         self.dynamic_multimask_stability_thresh = dynamic_multimask_stability_thresh
+        self.checkpoint_activations = False
 
     @classmethod
     def from_config(cls, cfg: SAM2Config) -> "MaskDecoder":
@@ -220,8 +222,8 @@ class MaskDecoder(nn.Module):
         When a single mask is requested outside training and dynamic multimask is on, the single-mask
         output is replaced by the best multimask output wherever it is unstable.
         """
-        masks, iou_pred, mask_tokens_out, object_score_logits = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, repeat_image, high_res_features
+        masks, iou_pred, mask_tokens_out, object_score_logits = run_checkpointed(
+            self, self.predict_masks, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, repeat_image, high_res_features
         )
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam2_video.model.mask_decoder import Attention
+from sam2_video.model.layers import run_checkpointed
 from sam2_video.model.presets import SAM2Config
 
 
@@ -99,7 +100,10 @@ class RoPEAttention(Attention):
 
 
 class MemoryAttentionLayer(nn.Module):
-    """Pre-norm block: RoPE self-attention, RoPE cross-attention to memory, ReLU feed-forward."""
+    """Pre-norm block: RoPE self-attention, RoPE cross-attention to memory, ReLU feed-forward.
+
+    `checkpoint_activations`: recompute the layer in the backward pass (see `run_checkpointed`).
+    """
 
     def __init__(self, d_model: int, mem_dim: int, dim_feedforward: int, dropout: float) -> None:
         super().__init__()
@@ -115,11 +119,17 @@ class MemoryAttentionLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
+        self.checkpoint_activations = False
 
     def forward(
         self, tgt: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_k_exclude_rope: int = 0
     ) -> torch.Tensor:
         """tgt [B, L, d], memory and memory_pos [B, M, mem_dim] -> [B, L, d]."""
+        return run_checkpointed(self, self._forward, tgt, memory, memory_pos, num_k_exclude_rope)
+
+    def _forward(
+        self, tgt: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_k_exclude_rope: int
+    ) -> torch.Tensor:
         x = self.norm1(tgt)
         tgt = tgt + self.dropout1(self.self_attn(x, x, x))
         x = self.norm2(tgt)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sam2_video.model.layers import LayerNorm2d, PositionEmbeddingSine
+from sam2_video.model.layers import LayerNorm2d, PositionEmbeddingSine, run_checkpointed
 from sam2_video.model.presets import SAM2Config
 
 
@@ -65,7 +65,10 @@ class Fuser(nn.Module):
 
 
 class MemoryEncoder(nn.Module):
-    """Image features + mask -> memory features [B, mem_dim, h, w] and their sine position encoding."""
+    """Image features + mask -> memory features [B, mem_dim, h, w] and their sine position encoding.
+
+    `checkpoint_activations`: recompute the fusion in the backward pass (see `run_checkpointed`).
+    """
 
     def __init__(self, cfg: SAM2Config) -> None:
         super().__init__()
@@ -76,6 +79,7 @@ class MemoryEncoder(nn.Module):
             nn.Conv2d(cfg.d_model, cfg.mem_dim, kernel_size=1) if cfg.mem_dim != cfg.d_model else nn.Identity()
         )
         self.position_encoding = PositionEmbeddingSine(cfg.mem_dim)
+        self.checkpoint_activations = False
 
     def forward(
         self, pix_feat: torch.Tensor, masks: torch.Tensor, skip_mask_sigmoid: bool = False
@@ -84,10 +88,13 @@ class MemoryEncoder(nn.Module):
 
         Returns {"vision_features": [B, mem_dim, h, w], "vision_pos_enc": [[B, mem_dim, h, w]]}.
         """
+        x = run_checkpointed(self, self._fuse, pix_feat, masks, skip_mask_sigmoid)
+        pos = self.position_encoding(x).to(x.dtype)
+        return {"vision_features": x, "vision_pos_enc": [pos]}
+
+    def _fuse(self, pix_feat: torch.Tensor, masks: torch.Tensor, skip_mask_sigmoid: bool) -> torch.Tensor:
         if not skip_mask_sigmoid:
             masks = torch.sigmoid(masks)
         masks = self.mask_downsampler(masks)
         x = self.pix_feat_proj(pix_feat.to(masks.device)) + masks
-        x = self.out_proj(self.fuser(x))
-        pos = self.position_encoding(x).to(x.dtype)
-        return {"vision_features": x, "vision_pos_enc": [pos]}
+        return self.out_proj(self.fuser(x))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sam2_video.model.layers import LayerNorm2d, PositionEmbeddingRandom
+from sam2_video.model.layers import LayerNorm2d, PositionEmbeddingRandom, run_checkpointed
 from sam2_video.model.presets import SAM2Config
 
 NOT_A_POINT = -1  # padding label: the point is ignored (gets `not_a_point_embed` only)
@@ -16,6 +16,7 @@ class PromptEncoder(nn.Module):
 
     Point coordinates are pixels (x, y) of the `input_image_size` (H, W) model input; masks are
     logits of size 4 * `image_embedding_size`.
+    `checkpoint_activations`: recompute the mask embedding in the backward pass (see `run_checkpointed`).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.checkpoint_activations = False
 
     @classmethod
     def from_config(cls, cfg: SAM2Config) -> "PromptEncoder":
@@ -107,7 +109,7 @@ class PromptEncoder(nn.Module):
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
 
         if masks is not None:
-            dense = self.mask_downscaling(masks)
+            dense = run_checkpointed(self, self.mask_downscaling, masks)
         else:
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, *self.image_embedding_size)
         return sparse, dense

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from sam2_video.config import CHECKPOINTABLE_MODULES
 from sam2_video.data.batch import BatchedVideoDatapoint
 from sam2_video.errors import UserInputError
 from sam2_video.model.build import load_checkpoint
@@ -160,7 +161,8 @@ class SAM2Model(SAM2):
     Options: any `TrainingRecipe` field (e.g. `prob_to_use_pt_input_for_train=0.0`,
     `explicit_prompts=True`) or `SAM2Config` field (e.g. `dropout=0.0`); `feature_cache_frames > 0`
     keeps that many frames' image features across steps (only with a frozen image encoder and no
-    augmentation).
+    augmentation); `activation_checkpointing` names modules of `CHECKPOINTABLE_MODULES` whose
+    activations are recomputed in the backward pass (see `set_activation_checkpointing`).
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class SAM2Model(SAM2):
         num_maskmem: int = 7,
         feature_cache_frames: int = 0,
         verbose: bool = True,
+        activation_checkpointing: list[str] | tuple[str, ...] = (),
         **training_options: Any,
     ) -> None:
         recipe_options, config_overrides = _split_options(training_options)
@@ -187,6 +190,7 @@ class SAM2Model(SAM2):
         self.verbose = verbose
         self.feature_cache = FeatureCache(feature_cache_frames) if feature_cache_frames > 0 else None
         self.load(device)
+        self.set_activation_checkpointing(activation_checkpointing)
 
     # ---------------------------------------------------------------- set-up
 
@@ -237,6 +241,33 @@ class SAM2Model(SAM2):
         if self.verbose:
             print(table)
         return table
+
+    def set_activation_checkpointing(self, modules: list[str] | tuple[str, ...]) -> None:
+        """Recompute the activations of the named modules (of `CHECKPOINTABLE_MODULES`) in the backward
+        pass instead of keeping them, and stop doing so for the others.
+
+        Why: activations kept for the backward pass, for every frame of the clip, dominate a training
+        step's memory; recomputing them costs about one more forward pass of those modules. The unit
+        of recomputation is a Hiera block, a memory-attention layer, the memory encoder's fusion, the
+        mask decoder's `predict_masks` and the prompt encoder's mask embedding; each applies only where
+        gradients flow through it (a frozen image encoder runs without autograd, so it costs nothing).
+        """
+        unknown = [name for name in modules if name not in CHECKPOINTABLE_MODULES]
+        if unknown:
+            raise UserInputError(
+                f"activation_checkpointing: {', '.join(map(repr, unknown))} cannot be checkpointed; "
+                f"valid names: {', '.join(CHECKPOINTABLE_MODULES)} (or true for all of them)"
+            )
+        units = {
+            "image_encoder": list(self.image_encoder.trunk.blocks),
+            "memory_attention": list(self.memory_attention.layers),
+            "memory_encoder": [self.memory_encoder],
+            "sam_mask_decoder": [self.sam_mask_decoder],
+            "sam_prompt_encoder": [self.sam_prompt_encoder],
+        }
+        for name, parts in units.items():
+            for part in parts:
+                part.checkpoint_activations = name in modules
 
     def parameter_table(self) -> str:
         """Trainable and total parameters per top-level module (and top-level parameters)."""
@@ -448,7 +479,8 @@ class SAM2Model(SAM2):
         memory_bank: MemoryBank,
         num_frames: int,
     ) -> FrameOutput:
-        """One frame for all objects: the core's `segment_frame`, correction clicks, then its memory encoder.
+        """One frame for all objects: the core's `segment_frame`, correction clicks, then the core's
+        tail step (`complete_frame_output`: final outputs and memory encoding).
 
         gt_masks [N,1,H,W] bool is used only to sample correction clicks.
         """
@@ -492,19 +524,8 @@ class SAM2Model(SAM2):
             multistep_pred_ious=[s.ious for s in steps],
             multistep_point_inputs=step_points,
             multistep_object_score_logits=[s.object_score_logits for s in steps],
-            pred_masks=final.low_res_masks,
-            pred_masks_high_res=final.high_res_masks,
-            obj_ptr=final.obj_ptr,
-            object_score_logits=final.object_score_logits,
         )
-        frame_out["maskmem_features"], frame_out["maskmem_pos_enc"] = self.encode_new_memory(
-            current_vision_feats=current_vision_feats,
-            feat_sizes=feat_sizes,
-            pred_masks_high_res=final.high_res_masks,
-            object_score_logits=final.object_score_logits,
-            is_mask_from_pts=point_inputs is not None,
-        )
-        return frame_out
+        return self.complete_frame_output(frame_out, final, current_vision_feats, feat_sizes, point_inputs)
 
 
 def _uniform() -> float:

@@ -22,7 +22,9 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from sam2_video.config import DataSection, ModelSection, RunConfig, load_config, recipe_prompt_probabilities
+from sam2_video.config import (
+    CHECKPOINTABLE_MODULES, DataSection, ModelSection, RunConfig, load_config, recipe_prompt_probabilities,
+)
 from sam2_video.data import (
     ClipDataset,
     ClipTransform,
@@ -230,6 +232,9 @@ def build_trainer(config: RunConfig, validate: Validator | None = None) -> Train
     seed_everything(config.train.seed)  # identical initial weights on every rank
     dataset = build_train_dataset(config)
     model = build_model(config.model, config.dataset, verbose=rank == 0)
+    checkpointing = config.train.activation_checkpointing
+    if checkpointing:
+        model.set_activation_checkpointing(CHECKPOINTABLE_MODULES if checkpointing is True else checkpointing)
     steps = config.train.epochs * optimizer_steps_per_epoch(
         len(dataset), config.dataset.batch_size, config.train.grad_accumulation, world_size
     )

@@ -13,7 +13,8 @@ from typing import Any
 from sam2_video.errors import UserInputError
 
 FREE_KEYS = frozenset({
-    "dataset.num_workers", "model.feature_cache_frames", "train.out_dir", "train.device", "train.amp",
+    "dataset.num_workers", "model.feature_cache_frames", "train.out_dir", "train.device", "train.precision",
+    "train.activation_checkpointing",
     "train.log_every_steps", "train.val_every_epochs", "train.val_every_steps", "train.checkpoint_every_steps",
 })
 # model-section keys that set the starting weights or the training recipe, not the network

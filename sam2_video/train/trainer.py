@@ -2,7 +2,8 @@
 
 It owns the data order (an epoch-seeded sampler whose items carry their own seeds, so a resumed
 run sees the same clips, crops and prompts), AdamW with parameter groups, the warm-up + cosine
-schedule, gradient clipping and accumulation, bf16 autocast on CUDA, DDP under `torchrun`,
+schedule, gradient clipping and accumulation, the precision policy (`precision`: bf16, or fp16 with
+a loss scaler on GPUs without bf16), DDP under `torchrun`,
 validation with `best.pt` kept by the best metric, atomic `last.pt` checkpoints with every
 RNG state (rolled back to the last steady one when a NaN stops training, see `good_checkpoint`),
 and the logs (`metrics.jsonl`, TensorBoard, `loss_curve.png`).
@@ -29,8 +30,10 @@ from sam2_video.rng import capture_rng_state, restore_rng_state, seed_everything
 from sam2_video.train.checkpoint import CHECKPOINT_FORMAT, load_training_checkpoint, restore_optimizer, save_checkpoint
 from sam2_video.train.good_checkpoint import GoodCheckpoint
 from sam2_video.train.loss import CORE_LOSS_KEY
+from sam2_video.train.memory import cuda_memory_line, out_of_memory_message
 from sam2_video.train.metrics_log import MetricsLog, plot_loss_curve
 from sam2_video.train.optim import build_optimizer, build_scheduler
+from sam2_video.train.precision import MAX_SKIPPED_STEPS_IN_A_ROW, resolve_precision
 
 LossFn = Callable[[Any, Any], dict[str, Tensor]]
 Validator = Callable[[nn.Module], dict[str, float]]
@@ -47,6 +50,10 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(message)
         self.step = step
         self.resume_step: int | None = None
+
+
+class TrainingOutOfMemoryError(UserInputError):
+    """A training step ran out of device memory; the message says what to change."""
 
 
 def optimizer_steps_per_epoch(num_clips: int, batch_size: int, grad_accumulation: int, world_size: int = 1) -> int:
@@ -114,7 +121,7 @@ class Trainer:
         self.rank, self.world_size = distributed_rank_and_size()
         self.is_main = self.rank == 0
         self.device = resolve_device(settings.device, "train.device")
-        self.use_autocast = settings.amp and self.device.type == "cuda"
+        self.precision = resolve_precision(settings.precision, self.device)
 
         self.module = model.to(self.device)
         self.model: nn.Module = self.module
@@ -184,6 +191,7 @@ class Trainer:
             "best_meter_values": dict(self.best_meter_values),
             "config": self.run_config,
             "rng": rng,
+            "scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
@@ -198,6 +206,7 @@ class Trainer:
         self.best_meter_values = checkpoint["best_meter_values"]
         rng = checkpoint["rng"]
         restore_rng_state(rng[self.rank % len(rng)])
+        self.precision.load_state_dict(checkpoint.get("scaler"))
 
     def _save(self, path: Path) -> None:
         payload = self.state_dict()  # every rank joins the RNG gather
@@ -228,6 +237,9 @@ class Trainer:
         progress = self._progress_bar()
         history: list[dict[str, float]] = []
         self.model.train()
+        self.first_step = self.step
+        if self.is_main and self.device.type == "cuda":
+            print(f"training on {cuda_memory_line(self.device)} ({self.precision.name})")
         try:
             while self.epoch < self.settings.epochs:
                 history.extend(self._train_epoch(progress))
@@ -242,6 +254,10 @@ class Trainer:
                 err.resume_step, kept = self.checkpoints.roll_back()
                 err.args = (f"{err}; {kept}",)
             raise
+        except torch.OutOfMemoryError:
+            kept = (f"{self.last_path} (step {load_training_checkpoint(self.last_path)['steps']}) is kept"
+                    if self.is_main and self.last_path.is_file() else "no checkpoint had been written yet")
+            raise TrainingOutOfMemoryError(out_of_memory_message(self.device, self.step + 1, kept)) from None
         finally:
             if progress is not None:
                 progress.close()
@@ -288,12 +304,14 @@ class Trainer:
                 continue
             lr = max(group["lr"] for group in self.optimizer.param_groups)  # the rate this step uses
             grad_norm = self._optimizer_step(batch, batch_index)
+            if self.step == self.first_step + 1 and self.is_main and self.device.type == "cuda":
+                print(f"first step: peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB allocated")
             step_terms = self._mean_over_ranks(step_terms)
             self.batches_done = batch_index + 1
             seconds = time.perf_counter() - step_start
             self.time_elapsed += seconds
             self.last_loss = step_terms
-            if self.checkpoints is not None:
+            if self.checkpoints is not None and math.isfinite(step_terms[CORE_LOSS_KEY]):  # fp16 skips non-finite
                 self.checkpoints.observe(self.step, step_terms[CORE_LOSS_KEY])
             record = {**step_terms, "lr": lr, "grad_norm": grad_norm, "seconds": seconds}
             history.append(record)
@@ -314,24 +332,29 @@ class Trainer:
         batch = batch.to(self.device, non_blocking=True) if hasattr(batch, "to") else batch
         no_sync = self.model.no_sync() if self.world_size > 1 and not sync_gradients else contextlib.nullcontext()
         with no_sync:
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
+            with self.precision.autocast():
                 outputs = self.model(batch)
             losses = self.loss_fn(outputs, batch)
             core_loss = losses[CORE_LOSS_KEY]
-            self._check_finite(core_loss.detach(), "loss", batch, batch_index)
+            if not self.precision.handles_non_finite:  # fp16: the scaler skips the step instead
+                self._check_finite(core_loss.detach(), "loss", batch, batch_index)
             if not core_loss.requires_grad:
                 # e.g. every frame of a short clip was a conditioning frame, so the trainable memory
                 # modules took no part: a zero-gradient step keeps DDP ranks in lockstep
                 core_loss = core_loss + sum(p.sum() * 0.0 for p in self.module.parameters() if p.requires_grad)
-            (core_loss / self.settings.grad_accumulation).backward()
+            self.precision.backward(core_loss / self.settings.grad_accumulation)
         return {key: float(value.detach()) for key, value in losses.items() if torch.is_tensor(value) and value.numel() == 1}
 
     def _optimizer_step(self, batch: Any, batch_index: int) -> float:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.settings.grad_clip if self.settings.grad_clip > 0 else float("inf")
+        self.precision.unscale(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self._check_finite(grad_norm.detach(), "gradient norm", batch, batch_index)
-        self.optimizer.step()
+        if not self.precision.handles_non_finite:  # fp16: the scaler skips an overflowing step itself
+            self._check_finite(grad_norm.detach(), "gradient norm", batch, batch_index)
+        if not self.precision.step(self.optimizer) and self.precision.skipped_in_a_row >= MAX_SKIPPED_STEPS_IN_A_ROW:
+            what = f"gradient norm (after {MAX_SKIPPED_STEPS_IN_A_ROW} skipped fp16 steps in a row)"
+            self._check_finite(grad_norm.detach(), what, batch, batch_index)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
