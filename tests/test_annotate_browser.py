@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam2_video.annotate.cli import open_app
+from sam2_video.annotate.cli import open_app, serving
 from sam2_video.cli import main
 from sam2_video.predict.masks_io import read_mask_png
-from test_annotate_server import annotate_args, decisive_checkpoint, serve
+from test_annotate_server import annotate_args, decisive_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -116,7 +116,7 @@ def test_click_propagate_correct_export_reload_in_chromium(browser, davis_root: 
     masks = out / "session" / "masks"
     app = open_app(annotate_args(video, out, checkpoint, image_size=IMAGE_SIZE))
     width, height = app.state.propagation.session.width, app.state.propagation.session.height
-    with serve(app) as url:
+    with serving(app) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 780})
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,10 +16,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from PIL import Image
 
-from sam2_video.annotate.cli import host_warning, open_app
+from sam2_video.annotate.cli import host_warning, open_app, serving
 from sam2_video.cli import main
 from sam2_video.errors import UserInputError
 from sam2_video.model.build import save_checkpoint
@@ -63,26 +61,6 @@ def annotate_args(video: Path, out: Path, checkpoint: Path | None, image_size: i
                               image_size=image_size, device="cpu", **extra)
 
 
-@contextlib.contextmanager
-def serve(app) -> Iterator[str]:
-    """Run `app` with uvicorn in a thread on a free local port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the annotate server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 def wait_ready(client: httpx.Client, since: int = 0, timeout: float = 120) -> dict:
     """Poll /api/status?since= until no propagation runs."""
     deadline = time.monotonic() + timeout
@@ -108,7 +86,7 @@ def video(tmp_path: Path) -> Path:
 
 @contextlib.contextmanager
 def annotate_client(video: Path, out: Path, checkpoint: Path) -> Iterator[httpx.Client]:
-    with serve(open_app(annotate_args(video, out, checkpoint))) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with serving(open_app(annotate_args(video, out, checkpoint))) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
 
@@ -260,7 +238,7 @@ def test_edits_during_propagation_are_refused_and_cancel_stops_it(tmp_path: Path
             yield result
 
     predictor.propagate_in_video = slow_propagation
-    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         client.post("/api/objects", json={})
         client.post("/api/click", json={"frame": 0, "obj_id": 1, "x": 20, "y": 20, "label": 1})
         assert client.post("/api/propagate", json={"frame": 0, "direction": "both"}).status_code == 202

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 from sam2_video.device import resolve_device
 from sam2_video.errors import UserInputError
@@ -53,6 +57,27 @@ def open_app(args: argparse.Namespace):
     frames = FrameJPEGs(args.video)
     session = AnnotationSession(predictor, args.video, Store(args.out, frames.names))
     return create_app(session, frames, args.video, args.out)
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` with uvicorn in a background thread (tests, benchmarks); yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="annotate-server")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the annotate server did not start on {host}:{port}")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def run(args: argparse.Namespace) -> int:
