@@ -55,11 +55,12 @@ class StepMeasurement:
 
 
 def measure_step(model: torch.nn.Module, step_loss: Callable[[], torch.Tensor], device: torch.device,
-                 existing: tuple = ()) -> StepMeasurement:
-    """Peak memory and time of zero_grad + forward + loss + backward + AdamW step (fresh optimizer).
+                 existing: tuple = (), steps: int = 1) -> StepMeasurement:
+    """Peak memory and time of forward + loss + backward + AdamW step + zero_grad (fresh optimizer).
 
     `existing`: tensors alive before the step that the CPU count should include (the batch); on
-    CUDA every allocation is counted anyway.
+    CUDA every allocation is counted anyway. `steps` > 1: the peak over all of them, the time of the
+    last (the first pays one-off costs, e.g. CUDA kernel selection).
     """
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     gc.collect()
@@ -70,16 +71,15 @@ def measure_step(model: torch.nn.Module, step_loss: Callable[[], torch.Tensor], 
     else:
         counter = LiveTensorMemory()
         counter.add_existing([list(model.parameters()), list(model.buffers()), list(existing)])
-    start_wall, start_cpu = time.perf_counter(), time.process_time()
-    with counter if counter is not None else torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = step_loss()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())  # host sync: the step is done when its loss is on the host
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    for _ in range(steps):
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        with counter if counter is not None else torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step_loss()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = float(loss.detach())  # host sync: the step is done when its loss is on the host
+        wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
     peak = counter.peak if counter is not None else torch.cuda.max_memory_allocated(device)
     return StepMeasurement(peak, wall, cpu, loss_value)
 
@@ -146,7 +146,7 @@ def build_official(preset: str, image_size: int, state_dict: dict, trainable: li
 
 
 def run_row(preset: str, image_size: int, trainable: str, implementation: str, frames: int, objects: int,
-            device: torch.device) -> StepMeasurement | str:
+            device: torch.device, steps: int = 1) -> StepMeasurement | str:
     """One table row: the step's measurement, or the reason it could not run."""
     images, masks = synthetic_clip(frames, objects, image_size)
     model = build_ours(preset, image_size, trainable, implementation == "ours+ckpt", device)
@@ -154,7 +154,7 @@ def run_row(preset: str, image_size: int, trainable: str, implementation: str, f
         batch = our_batch(images, masks).to(device)
         loss_fn = MultiStepMultiMaskLoss()
         return measure_step(model, lambda: loss_fn(model(batch), batch.masks)["core_loss"], device,
-                            existing=(batch.img_batch, batch.masks))
+                            existing=(batch.img_batch, batch.masks), steps=steps)
     names = trainable_names(model, trainable)
     state_dict = {key: value.cpu() for key, value in model.state_dict().items()}
     del model
@@ -163,7 +163,7 @@ def run_row(preset: str, image_size: int, trainable: str, implementation: str, f
         return reason
     ref_batch = reference_batch(images, masks).to(device)
     return measure_step(reference, lambda: reference_loss(reference(ref_batch), ref_batch.masks)["core_loss"],
-                        device, existing=(ref_batch.img_batch, ref_batch.masks))
+                        device, existing=(ref_batch.img_batch, ref_batch.masks), steps=steps)
 
 
 def main() -> None:
@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--trainable", default="default,all", help="default (memory modules) and/or all")
     parser.add_argument("--rows", default=",".join(IMPLEMENTATIONS), help="of ours, ours+ckpt, official")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs only)")
+    parser.add_argument("--steps", type=int, default=1, help="steps per row: peak over all, time of the last")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -193,7 +194,8 @@ def main() -> None:
             for trainable in args.trainable.split(","):
                 for implementation in args.rows.split(","):
                     try:
-                        result = run_row(preset, size, trainable, implementation, args.frames, args.objects, device)
+                        result = run_row(preset, size, trainable, implementation, args.frames, args.objects, device,
+                                         args.steps)
                     except torch.OutOfMemoryError:
                         result = "out of memory"
                     gc.collect()

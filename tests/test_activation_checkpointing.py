@@ -11,6 +11,7 @@ from sam2_video.config import CHECKPOINTABLE_MODULES, load_config
 from sam2_video.errors import UserInputError
 from sam2_video.model import layers
 from sam2_video.model.sam2_train import SAM2Model
+from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.cli import build_trainer
 from sam2_video.train.loss import MultiStepMultiMaskLoss
 from sam2_video.train.memory import LiveTensorMemory
@@ -120,3 +121,31 @@ def test_unknown_module_names_the_valid_ones() -> None:
         model.set_activation_checkpointing(["hiera"])
     with pytest.raises(UserInputError, match="applies to model sam2 only"):
         load_config(None, ["dataset.dataset_type=synthetic", "model.model=stcn", "train.activation_checkpointing=true"])
+
+
+def test_out_of_memory_stops_with_advice_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A step that runs out of device memory (simulated on the CPU through the model's forward) ends
+    `sam2-video train` with what to change, not a traceback, and last.pt keeps the last finished step."""
+    from sam2_video.cli import main
+
+    real_forward, calls = SAM2Model.forward, []
+
+    def forward_running_out_of_memory(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(SAM2Model, "forward", forward_running_out_of_memory)
+    out_dir = tmp_path / "run"
+    code = main(["train", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
+                 f"train.out_dir={out_dir}", "train.epochs=1", "train.checkpoint_every_steps=1", "train.val_every_epochs=0",
+                 "dataset.synthetic_videos=4", "dataset.batch_size=1", "dataset.num_workers=0", "model.image_size=64"])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert "sam2-video train: error: out of CPU memory at optimizer step 3" in error
+    assert f"{out_dir / 'last.pt'} (step 2) is kept" in error
+    for advice in ("model.image_size", "dataset.video_clip_length", "model.trainable_modules",
+                   "train.activation_checkpointing: true"):
+        assert advice in error
+    assert load_training_checkpoint(out_dir / "last.pt")["steps"] == 2

@@ -5,8 +5,9 @@ A training checkpoint (`last.pt`, `best.pt`) is a dict with keys
 `batches_in_epoch` (batches of the current epoch consumed), `steps` (optimizer steps),
 `loss` (last logged loss terms), `time_elapsed` (training seconds), `best_meter_values`
 (e.g. {"J&F": 71.3, "step": 400}), `config` (the resolved `RunConfig.to_dict()`), `rng`
-(per rank: `sam2_video.rng.capture_rng_state()`) and `format` ("sam2_video.train/1").
-There is no loss-scaler state: autocast runs in bf16, which needs no loss scaling. Everything is tensors and plain Python values, so the file loads with `torch.load(weights_only=True)`
+(per rank: `sam2_video.rng.capture_rng_state()`), `scaler` (the fp16 `GradScaler` state under
+`train.precision` fp16, else None: bf16 and fp32 need no loss scaling) and `format`
+("sam2_video.train/1"). Everything is tensors and plain Python values, so the file loads with `torch.load(weights_only=True)`
 and its `model` entry is the official SAM2 format.
 """
 from __future__ import annotations
