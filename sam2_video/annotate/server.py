@@ -37,6 +37,7 @@ from sam2_video.errors import UserInputError
 
 STATIC = Path(__file__).parent / "static"
 NO_STORE = {"Cache-Control": "no-store"}
+JSON_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
 
 
 class PathGuard:
@@ -78,17 +79,17 @@ async def _body(request: Request, fields: dict[str, type | tuple[type, ...]], op
             if name in optional:
                 continue
             raise UserInputError(f"{request.url.path}: missing field {name!r}")
-        value = body[name]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)) \
-                or not isinstance(value, kind):
-            raise UserInputError(f"{request.url.path}: {name} must be {kind}, got {value!r}")
+        value, kinds = body[name], kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            expected = JSON_NAMES[float] if float in kinds else " or ".join(JSON_NAMES[k] for k in kinds)
+            raise UserInputError(f"{request.url.path}: {name} must be {expected}, got {value!r}")
     return body
 
 
 def create_app(session: AnnotationSession, frames: FrameJPEGs, video: Path, out: Path) -> Starlette:
     """The app serving one session (see the module docstring)."""
     propagation = Propagation(session)
-    number = (int, float)
+    number = (float, int)
 
     def frame_index(request: Request) -> int:
         frame = request.path_params["frame"]
