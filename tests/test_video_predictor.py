@@ -11,6 +11,7 @@ from PIL import Image
 
 from sam2_video.errors import UserInputError
 from sam2_video.predict.postprocess import connected_components
+from sam2_video.predict.tracking import check_prompts, click_prompts_from_json
 from sam2_video.predict.video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
 
 NUM_FRAMES = 5
@@ -202,3 +203,24 @@ def test_bad_input_messages(video, tmp_path):
         predictor.remove_object(state, 4, strict=True)
     with pytest.raises(UserInputError, match=r"no frames|not found"):
         predictor.init_state(str(tmp_path))
+
+
+def test_clicks_and_boxes_outside_the_frame_are_refused(video, tmp_path):
+    """Issue 14 case 8: a click at (500, -40) on a 64x48 video names the frame size and the point,
+    in the predictor and in `predict --prompts`; normalize_coords=False takes 0..1."""
+    predictor = tiny_predictor()
+    state = predictor.init_state(str(video))
+    with pytest.raises(UserInputError, match=r"click \(500, -40\) lies outside the 64x48 frame"):
+        predictor.add_new_points_or_box(state, 0, 1, points=[[500, -40]], labels=[1])
+    with pytest.raises(UserInputError, match=r"box corner \(70, 40\) lies outside the 64x48 frame"):
+        predictor.add_new_points_or_box(state, 0, 1, box=[10, 5, 70, 40])
+    with pytest.raises(UserInputError, match=r"click \(20, 20\) lies outside the 1x1 frame .*normalize_coords=False"):
+        predictor.add_new_points_or_box(state, 0, 1, points=[[20, 20]], labels=[1], normalize_coords=False)
+    assert state["obj_ids"] == [], "a rejected prompt must not register the object"
+    predictor.add_new_points_or_box(state, 0, 1, points=[[0.5, 0.5]], labels=[1], normalize_coords=False)
+    predictor.add_new_points_or_box(state, 0, 2, points=[[64, 48]], labels=[1], box=[0, 0, 64, 48])
+
+    prompts = tmp_path / "clicks.json"
+    prompts.write_text('[{"frame": 0, "obj_id": 1, "points": [[500, -40]], "labels": [1]}]')
+    with pytest.raises(UserInputError, match=r"clicks.json prompt #0: click \(500, -40\) lies outside the 64x48"):
+        check_prompts(click_prompts_from_json(prompts), state, video, [])

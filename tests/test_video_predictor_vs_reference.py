@@ -265,3 +265,18 @@ def test_f_long_video_with_three_conditioning_frames_and_a_cap(long_synthetic_vi
              ("propagate", {})]
     outputs, _ = run_both("sam2.1_hiera_t", 256, folder, steps, tmp_path, max_cond_frames_in_attn=2)
     assert [o[1] for o in outputs if o[0] == "propagate"] == list(range(12))
+
+
+def test_g_corrections_become_conditioning_frames(long_synthetic_video, tmp_path):
+    """(g) add_all_frames_to_correct_as_cond: clicks on tracked frames 3 and 5 make them conditioning
+    frames, which the frames after them attend to beyond the 7-frame memory."""
+    folder, masks = long_synthetic_video
+    steps = [("points", dict(frame_idx=0, obj_id=1, points=centre_click(masks[0][0]), labels=[1])),
+             ("propagate", dict(max_frame_num_to_track=5)),
+             ("points", dict(frame_idx=3, obj_id=1, points=centre_click(masks[3][0]), labels=[1])),
+             ("points", dict(frame_idx=5, obj_id=1, points=[[5.0, 5.0]], labels=[0])),
+             ("points", dict(frame_idx=5, obj_id=1, points=centre_click(masks[5][0]), labels=[1],
+                             clear_old_points=False)),
+             ("propagate", dict(start_frame_idx=3))]
+    outputs, _ = run_both("sam2.1_hiera_t", 256, folder, steps, tmp_path, add_all_frames_to_correct_as_cond=True)
+    assert [o[1] for o in outputs if o[0] == "propagate"] == list(range(6)) + list(range(3, 12))

@@ -462,6 +462,23 @@ class SAM2(nn.Module):
         current_out, sam_outputs, _, _ = self.segment_frame(
             frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
             point_inputs, mask_inputs, memory, num_frames, track_in_reverse, prev_sam_mask_logits)
+        return self.complete_frame_output(current_out, sam_outputs, current_vision_feats, feat_sizes,
+                                          point_inputs, run_mem_encoder)
+
+    def complete_frame_output(
+        self,
+        current_out: FrameOutput,
+        sam_outputs: SAMHeadOutputs,
+        current_vision_feats: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        point_inputs: dict[str, torch.Tensor] | None,
+        run_mem_encoder: bool = True,
+    ) -> FrameOutput:
+        """The tail of a tracking step, shared by inference and training: the final SAM outputs
+        (pred_masks, pred_masks_high_res, obj_ptr, object_score_logits) go into `current_out`, and
+        the frame is encoded as a new memory from that mask (maskmem_features / maskmem_pos_enc,
+        None without `run_mem_encoder`). `point_inputs`: every click of the frame (masks from
+        clicks may be binarised for memory, see `encode_new_memory`)."""
         current_out["pred_masks"] = sam_outputs.low_res_masks
         current_out["pred_masks_high_res"] = sam_outputs.high_res_masks
         current_out["obj_ptr"] = sam_outputs.obj_ptr

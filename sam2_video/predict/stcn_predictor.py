@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from sam2_video.errors import UserInputError
 from sam2_video.model.stcn import STCN, KeyFeatures, STCNConfig, aggregate, get_affinity
 from sam2_video.predict.frames import load_video_frames
+from sam2_video.predict.input_checks import check_frame_idx, check_mask, check_obj_id
 from sam2_video.train.checkpoint import load_training_checkpoint
 
 # mask score of an object that has no output on a frame (the SAM2 predictor's placeholder value)
@@ -97,17 +98,9 @@ class STCNVideoPredictor:
         """
         state = inference_state
         frame_idx = _check_frame_idx(state, frame_idx)
-        if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
-            raise UserInputError(f"obj_id must be an int, got {obj_id!r}")
-        obj_id = int(obj_id)
-        mask = torch.as_tensor(mask if isinstance(mask, torch.Tensor) else np.asarray(mask))
+        obj_id = check_obj_id(obj_id)
         video_hw = (state["video_height"], state["video_width"])
-        if mask.dim() != 2 or tuple(mask.shape) != video_hw:
-            got = "x".join(str(s) for s in mask.shape) or "a scalar"
-            raise UserInputError(
-                f"mask for object {obj_id} on frame {frame_idx} of {state['video_path']} is {got} but the "
-                f"video frames are {video_hw[0]}x{video_hw[1]} (height x width); give a 2-D mask of the frame's size"
-            )
+        mask = check_mask(mask, obj_id, frame_idx, state["video_path"], video_hw)
         if obj_id not in state["obj_id_to_idx"]:
             if len(state["obj_ids"]) >= self.config.max_objects:
                 raise UserInputError(
@@ -274,13 +267,7 @@ def build_stcn_video_predictor(
 
 
 def _check_frame_idx(state: InferenceState, frame_idx: Any, what: str = "frame_idx") -> int:
-    num_frames = state["num_frames"]
-    if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)) or not 0 <= frame_idx < num_frames:
-        raise UserInputError(
-            f"{what} {frame_idx!r} is not a frame of {state['video_path']}: it has {num_frames} frames, so "
-            f"{what} must be an int from 0 to {num_frames - 1}"
-        )
-    return int(frame_idx)
+    return check_frame_idx(frame_idx, state["num_frames"], state["video_path"], what)
 
 
 def _label_probs(prob: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from sam2_video.errors import UserInputError
+from sam2_video.predict.input_checks import check_inside_frame
 from sam2_video.predict.masks_io import VOID_ID, read_mask_png
 
 MAX_OBJ_ID = VOID_ID - 1  # ids are stored in an 8-bit PNG where 255 means void
@@ -41,6 +42,16 @@ class VideoPredictor(Protocol):
 
     def propagate_in_video(
         self, inference_state: dict, start_frame_idx: int | None = None
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]: ...
+
+
+@runtime_checkable
+class StreamingVideoPredictor(Protocol):
+    """A predictor that tracks all objects in one forward pass, each from its first prompt, at
+    constant memory (`SAM2VideoPredictor.track_from_prompts`)."""
+
+    def track_from_prompts(
+        self, inference_state: dict, prompts: Sequence[Prompt]
     ) -> Iterator[tuple[int, list[int], torch.Tensor]]: ...
 
 
@@ -189,7 +200,8 @@ def click_prompts_from_json(path: Path) -> list[ClickPrompt]:
 # ------------------------------------------------------------------ tracking
 
 def check_prompts(prompts: Sequence[Prompt], state: dict, video_path: Path, frame_names: Sequence[str]) -> None:
-    """Raise UserInputError for a prompt beyond the video or a mask of another size than the frames."""
+    """Raise UserInputError for a prompt beyond the video, a mask of another size than the frames, or a
+    click or box outside the frame."""
     num_frames, height, width = state["num_frames"], state["video_height"], state["video_width"]
     for prompt in prompts:
         if not 0 <= prompt.frame_idx < num_frames:
@@ -203,6 +215,8 @@ def check_prompts(prompts: Sequence[Prompt], state: dict, video_path: Path, fram
                 f"{frame_names[prompt.frame_idx]} of {video_path} is {width}x{height} (width x height); "
                 "the mask must have the frame's size"
             )
+        if isinstance(prompt, ClickPrompt):
+            check_inside_frame(prompt.points, prompt.box, width, height, prompt.source)
 
 
 def apply_prompts(predictor: VideoPredictor, state: dict, prompts: Sequence[Prompt]) -> None:
@@ -255,12 +269,19 @@ def track_video(
     """Yield `(frame_idx, ids [H, W] uint8)` for every frame in order: 0 = background, else the object id.
 
     Objects are tracked forward from their first prompt. SAM2 tracks objects independently, so objects
-    whose first prompts are on different frames are tracked in separate passes (one per start frame,
-    as the official DAVIS inference does for objects that appear later) and merged by highest logit.
-    A predictor that itself starts each object at its first prompt (STCN) runs all objects in one pass
-    with `objects_start_together=True`. `state` comes from `predictor.init_state`. `on_frame_tracked()`
-    is called after each propagated frame of every pass (see `frames_to_track`).
+    whose first prompts are on different frames are tracked as separate passes (one per start frame,
+    as the official DAVIS inference does for objects that appear later) and merged by highest logit
+    (ties: the earlier pass). A `StreamingVideoPredictor` (SAM2) runs those passes as one streaming
+    pass with the same numbers, each object starting at its first prompt, holding a bounded window of
+    outputs per object, so memory does not grow with the video; other predictors run the passes one
+    after the other, keeping the earlier passes' results for the merge. A predictor that itself starts
+    each object at its first prompt (STCN) runs all objects in one pass with `objects_start_together=True`.
+    `state` comes from `predictor.init_state`. `on_frame_tracked()` is called once per frame and pass
+    (see `frames_to_track`).
     """
+    if not objects_start_together and isinstance(predictor, StreamingVideoPredictor):
+        yield from _track_in_one_pass(predictor, state, prompts, on_frame_tracked)
+        return
     height, width = state["video_height"], state["video_width"]
     groups = _tracking_passes(prompts, objects_start_together)
     earlier: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (best logit, id) of earlier passes
@@ -284,6 +305,26 @@ def track_video(
                 yield frame_idx, _foreground(logit, ids)
             else:
                 earlier[frame_idx] = (logit, ids)
+
+
+def _track_in_one_pass(
+    predictor: StreamingVideoPredictor,
+    state: dict,
+    prompts: Sequence[Prompt],
+    on_frame_tracked: Callable[[], object] | None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`track_video` through `track_from_prompts`: the passes' objects in the passes' order, so that
+    the per-pixel winner (first highest logit) is the one the pass-by-pass merge picks."""
+    height, width = state["video_height"], state["video_width"]
+    ordered = [prompt for group in _group_by_start(prompts) for prompt in group]
+    pass_starts = sorted({min(p.frame_idx for p in group) for group in _group_by_start(prompts)})
+    for frame_idx in range(pass_starts[0]):
+        yield frame_idx, _empty(height, width)[1]
+    for frame_idx, obj_ids, logits in predictor.track_from_prompts(state, ordered):
+        if on_frame_tracked is not None:
+            for _ in range(sum(start <= frame_idx for start in pass_starts)):
+                on_frame_tracked()
+        yield frame_idx, _foreground(*combine_objects(obj_ids, logits))
 
 
 def _empty(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
