@@ -94,7 +94,7 @@ def test_streaming_propagation_equals_full_state_on_real_frames(davis_60):
         state = predictor.init_state(str(folder))
         apply_prompts(predictor, state, three_prompts(mask))
         runs.append(collect(predictor.propagate_in_video(state, release_old_outputs=release)))
-        stored.append(max(bank.num_outputs for bank in state["output_dict_per_obj"].values()))
+        stored.append(max(bank.num_outputs for bank in state.memory_banks))
     assert_identical(runs[1], runs[0])
     positive = torch.stack([(masks > 0).float().mean() for _, _, masks in runs[0]])
     assert (positive > 0).all() and (positive < 1).all(), "degenerate test: masks all empty or all full"
@@ -130,7 +130,7 @@ def test_stored_outputs_stay_bounded(tmp_path):
     predictor.add_new_points_or_box(state, 5, 2, points=[[60, 46]], labels=[1])
     sizes = []
     for frame_idx, _, _ in predictor.propagate_in_video(state, release_old_outputs=True):
-        sizes.append([bank.num_outputs for bank in state["output_dict_per_obj"].values()])
+        sizes.append([bank.num_outputs for bank in state.memory_banks])
     cfg = predictor.config
     reach = max(cfg.num_maskmem * cfg.memory_temporal_stride_for_eval, cfg.max_obj_ptrs_in_encoder)
     assert max(max(s) for s in sizes) <= reach + 2  # the window, this frame, the conditioning frame
