@@ -7,6 +7,9 @@ import argparse
 import contextlib
 import http.client
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -297,3 +300,27 @@ def test_dir_of_another_video_is_refused(tmp_path: Path, video: Path, checkpoint
         client.post("/api/objects", json={})
     with pytest.raises(UserInputError, match="holds the session of"):
         open_app(annotate_args(other, out, checkpoint))
+
+
+def test_command_serves_on_localhost_and_prints_its_url(tmp_path: Path, video: Path):
+    """`sam2-video annotate` as a process: random weights warned about, the URL printed, the page served."""
+    process = subprocess.Popen([sys.executable, "-m", "sam2_video.cli", "annotate", str(video), "--out", str(tmp_path / "out"),
+                                "--config", "sam2.1_tiny_test", "--image-size", "64", "--device", "cpu", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = httpx.get(url.group(0), timeout=5)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert page.status_code == 200 and 'data-testid="frame-canvas"' in page.text
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert "gets random weights" in err
