@@ -118,6 +118,10 @@ def test_click_propagate_correct_export_and_restart_restores(video: Path, tmp_pa
         after = wait_ready(client, since=status["version"])["changed"]
         assert all(after[str(t)] > versions[str(t)] for t in (3, 4, 5)) and all(str(t) not in after for t in (0, 1, 2))
         assert not np.array_equal(read_mask_png(out / "session" / "masks" / "00003.png"), before[3])
+        latest = client.get("/api/status").json()["version"]
+        assert client.post("/api/propagate", json={"frame": 3, "direction": "backward"}).status_code == 202
+        backward = wait_ready(client, since=latest)
+        assert sorted(map(int, backward["changed"])) == [0, 1, 2, 3] and backward["total"] == 4
         exported = client.post("/api/export", json={}).json()
         assert exported["annotated_frames"] == 6
         session = client.get("/api/session").json()
