@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: what was written is complete (atomic writes); no traceback
+        print(f"sam2-video {args.command}: interrupted", file=sys.stderr)
+        return 130
     except UserInputError as err:
         message = str(err)
     except OSError as err:  # the system refused: a missing or read-only path, a folder for a file, disk full...

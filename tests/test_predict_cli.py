@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -134,7 +135,7 @@ def test_grayscale_mask_is_object_one_and_rgb_colour_mask_is_refused(tmp_path: P
 def test_overlay_video_decodes_with_blended_colours(tmp_path: Path):
     frames = [np.full((HEIGHT + 1, WIDTH + 1, 3), 200, dtype=np.uint8) for _ in range(5)]  # odd size
     masks = [np.where(square(10, 10, 20, (HEIGHT + 1, WIDTH + 1)), 2, 0) for _ in range(5)]
-    write_overlay_video(frames, masks, tmp_path / "overlay.mp4", fps=10)
+    write_overlay_video(zip(frames, masks, strict=True), tmp_path / "overlay.mp4", fps=10)
     with av.open(str(tmp_path / "overlay.mp4")) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 5 and decoded[0].shape == (HEIGHT, WIDTH, 3)
@@ -246,7 +247,7 @@ def test_predict_end_to_end_with_tiny_sam2(tmp_path: Path):
     pytest.importorskip("sam2_video.predict.video_predictor", reason="SAM2 video predictor not in this checkout")
     video_frames = [np.full((HEIGHT, WIDTH, 3), 90, dtype=np.uint8) for _ in range(4)]
     video = tmp_path / "clip.mp4"
-    write_overlay_video(video_frames, [np.zeros((HEIGHT, WIDTH), dtype=np.uint8)] * 4, video, fps=12)
+    write_overlay_video(zip(video_frames, [np.zeros((HEIGHT, WIDTH), dtype=np.uint8)] * 4), video, fps=12)
     first = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
     first[square(8, 8, 16)] = 1
     first[square(20, 36, 12)] = 2
@@ -280,10 +281,13 @@ def test_video_errors_from_the_real_predictor(tmp_path: Path):
         predict(tmp_path / "empty")
     mixed = write_frames(tmp_path / "mixed", 2)
     Image.new("RGB", (WIDTH + 4, HEIGHT)).save(mixed / "00002.jpg")
-    with pytest.raises(UserInputError, match="00002.jpg: frame size 68x48 differs"):
+    # frames are read as tracking reaches them: the masks before the bad frame are written, whole
+    with pytest.raises(UserInputError, match=r"00002.jpg: frame size 68x48 differs.*; 2 of 3 masks were written"):
         predict(mixed)
+    assert [read_mask_png(p).shape for p in sorted((tmp_path / "out").iterdir())] == [(HEIGHT, WIDTH)] * 2
+    shutil.rmtree(tmp_path / "out")
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
-    with pytest.raises(UserInputError, match=r"broken\.mp4: cannot decode"):
+    with pytest.raises(UserInputError, match=r"broken\.mp4: cannot open the video"):
         predict(tmp_path / "broken.mp4")
     assert not (tmp_path / "out").exists()
 

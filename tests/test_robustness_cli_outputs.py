@@ -163,13 +163,15 @@ def test_read_only_output_locations(read_only: Path, clip: dict[str, Path], tmp_
 def test_a_failure_after_the_masks_says_what_was_written(clip: dict[str, Path], tmp_path: Path, capsys, monkeypatch):
     overlay = tmp_path / "overlay.mp4"
 
-    def disk_full(frames, masks, path, fps):
+    def disk_full(frames_and_masks, path, fps):
+        for _ in frames_and_masks:  # the masks are written as the overlay encodes them; the disk fills at the end
+            pass
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(predict_cli, "write_overlay_video", disk_full)
     argv = ["predict", "--video", str(clip["video"]), "--mask", str(clip["mask"]), "--out", str(tmp_path / "out"),
             "--overlay", str(overlay), *TINY]
-    failing(argv, capsys, f"{overlay}: No space left on device", f"the 3 masks in {tmp_path / 'out'} were written")
+    failing(argv, capsys, f"{overlay}: No space left on device", f"3 of 3 masks were written to {tmp_path / 'out'}; the overlay {overlay} was not written")
     assert read_mask_png(tmp_path / "out" / "00002.png").shape == SIZE
 
 
@@ -234,14 +236,13 @@ def test_predict_checkpoint_name_that_names_no_preset(clip: dict[str, Path], tmp
     failing(argv, capsys, str(weights), "taken from the checkpoint's file name", "--config", "sam2.1_hiera_t")
 
 
-# ---- main: any OSError from the system becomes one line; a bare OSError and Ctrl-C keep their traceback
+# ---- main: any OSError from the system becomes one line; a bare OSError keeps its traceback; Ctrl-C says so
 
 @pytest.mark.parametrize("error, message", [
     (IsADirectoryError(errno.EISDIR, "Is a directory", "/data/gt/seq/00000.png"), "/data/gt/seq/00000.png: Is a directory"),
     (PermissionError(errno.EACCES, "Permission denied", "/a/.x.tmp", None, "/a/x.csv"), "/a/.x.tmp -> /a/x.csv: Permission denied"),
     (OSError(errno.ENOSPC, "No space left on device"), "error: No space left on device"),
     (OSError("cannot write mode RGBA as JPEG"), None),
-    (KeyboardInterrupt(), None),
 ])
 def test_main_reports_system_errors_in_one_line(tmp_path: Path, capsys, monkeypatch, error, message):
     def fail(*args, **kwargs):
@@ -254,3 +255,13 @@ def test_main_reports_system_errors_in_one_line(tmp_path: Path, capsys, monkeypa
             main(argv)
     else:
         failing(argv, capsys, message)
+
+
+def test_ctrl_c_exits_130_without_a_traceback(tmp_path: Path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_cli, "evaluate_davis", interrupted)
+    assert main(["evaluate", "--gt", str(tmp_path), "--pred", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "sam2-video evaluate: interrupted" in err and "Traceback" not in err

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from sam2_video.device import resolve_device
 from sam2_video.errors import UserInputError
 from sam2_video.io import check_not_inside_inputs, check_output_file, check_output_folder
 from sam2_video.model.presets import PRESET_NAMES, sam2_config
-from sam2_video.predict.frames import list_frame_files
-from sam2_video.predict.masks_io import read_mask_png, write_overlay_video, write_palette_png
+from sam2_video.predict.masks_io import write_overlay_video, write_palette_png
 from sam2_video.predict.tracking import (
     Prompt,
     VideoPredictor,
@@ -31,30 +29,29 @@ from sam2_video.predict.tracking import (
     frames_to_track,
     mask_prompts_from_annotations,
     mask_prompts_from_png,
+    object_id_map,
     track_video,
 )
+from sam2_video.predict.video_frames import open_video_frames
 
 DEFAULT_FPS = 24.0
 
-# ------------------------------------------------------------------ video files
+# ------------------------------------------------------------------ video sources
 
-def frame_names_of(video_path: Path, num_frames: int) -> list[str]:
-    """Output names: the frame files' names for a folder, 00000, 00001, ... for a video file."""
-    if video_path.is_dir():
-        return [p.stem for p in list_frame_files(video_path)]
-    return [f"{t:05d}" for t in range(num_frames)]
+def is_live_source(video: str) -> bool:
+    """A URL (rtsp://, http://, ...) or a capture device (/dev/video0): read as a stream, frame after frame."""
+    return "://" in video or video.startswith("/dev/")
 
 
-def iter_rgb_frames(video_path: Path) -> Iterator[np.ndarray]:
-    """The video's frames as RGB uint8 `[H, W, 3]` at their own size."""
-    if video_path.is_dir():
-        for path in list_frame_files(video_path):
-            with Image.open(path) as image:
-                yield np.asarray(image.convert("RGB"))
-        return
+def live_frames(video: str) -> Iterator[np.ndarray]:
+    """RGB uint8 `[H, W, 3]` frames of a stream or device that PyAV (FFmpeg) can open, as they arrive."""
     import av
 
-    with av.open(str(video_path)) as container:
+    try:
+        container = av.open(video)
+    except av.FFmpegError as err:
+        raise UserInputError(f"--video {video}: cannot open the stream ({err})") from None
+    with container:
         for frame in container.decode(video=0):
             yield frame.to_ndarray(format="rgb24")
 
@@ -73,7 +70,8 @@ def video_fps(video_path: Path) -> float:
 # ------------------------------------------------------------------ command line
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--video", required=True, type=Path, help="a folder of JPEG/PNG frames or an .mp4 file")
+    parser.add_argument("--video", required=True, help="a folder of JPEG/PNG frames, a video file (.mp4/.avi/.mov/"
+                        ".mkv), or a live source PyAV can open (rtsp://..., /dev/video0), tracked as it streams")
     parser.add_argument("--out", required=True, type=Path, help="folder for the palettized mask PNGs")
     parser.add_argument("--model", choices=("sam2", "stcn"), default="sam2")
     parser.add_argument("--config", help="SAM2 preset, e.g. sam2.1_hiera_t (default: from the checkpoint's file name)")
@@ -157,7 +155,6 @@ def _check_masks_free(out_paths: Sequence[Path], overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    video_path: Path = args.video
     _check_output_locations(args)
     if args.model == "stcn" and args.prompts is not None:
         raise UserInputError("--model stcn is prompted by masks only: use --mask or --annotations, not --prompts")
@@ -165,36 +162,88 @@ def run(args: argparse.Namespace) -> int:
         prompts: list[Prompt] = mask_prompts_from_png(args.mask)
     elif args.prompts is not None:
         prompts = click_prompts_from_json(args.prompts)
+    if is_live_source(args.video):
+        return _run_live(args, prompts)
+    video_path = Path(args.video)
     predictor = build_predictor(args)
     state = predictor.init_state(str(video_path))
     num_frames = state["num_frames"]
-    frame_names = frame_names_of(video_path, num_frames)
-    if args.annotations is not None:
-        frame_size = (state["video_height"], state["video_width"])
-        prompts = mask_prompts_from_annotations(args.annotations, frame_names, frame_size, video_path)
-    check_prompts(prompts, state, video_path, frame_names)
-    out_paths = [args.out / f"{name}.png" for name in frame_names]
-    _check_masks_free(out_paths, args.overwrite)
-
-    together = args.model == "stcn"
-    written = 0
-    try:
+    # names, and the original-size frames for the overlay, from a reader of their own (never all in memory)
+    with open_video_frames(video_path, image_size=16, prefetch=0) as video:  # no model input read from it
+        frame_names = video.names
+        if args.annotations is not None:
+            frame_size = (state["video_height"], state["video_width"])
+            prompts = mask_prompts_from_annotations(args.annotations, frame_names, frame_size, video_path)
+        check_prompts(prompts, state, video_path, frame_names)
+        out_paths = [args.out / f"{name}.png" for name in frame_names]
+        _check_masks_free(out_paths, args.overwrite)
+        together = args.model == "stcn"
         with tqdm(total=frames_to_track(prompts, num_frames, together), desc="predict", unit="frame") as progress:
-            for frame_idx, ids in track_video(predictor, state, prompts, together, on_frame_tracked=progress.update):
-                write_palette_png(out_paths[frame_idx], ids)
-                written += 1
-    except OSError as err:
-        raise _after_writing(err, f"{written} of {num_frames} masks were written to {args.out}") from None
-    print(f"wrote {num_frames} masks to {args.out}")
-    if args.overlay is not None:
-        masks = (read_mask_png(path) for path in out_paths)
-        try:
-            write_overlay_video(iter_rgb_frames(video_path), masks, args.overlay, fps=video_fps(video_path))
-        except OSError as err:
-            raise _after_writing(err, f"the {num_frames} masks in {args.out} were written, the overlay "
-                                 f"{args.overlay} was not") from None
-        print(f"wrote {args.overlay}")
+            tracked = track_video(predictor, state, prompts, together, on_frame_tracked=progress.update)
+            rgb_frames = video.iter_rgb() if args.overlay is not None else iter(lambda: None, 0)
+            outputs = ((out_paths[t], ids, rgb) for (t, ids), rgb in zip(tracked, rgb_frames))
+            written = _write_outputs(outputs, args, video_fps(video_path), num_frames)
+    print(f"wrote {written} masks to {args.out}" + (f" and {args.overlay}" if args.overlay is not None else ""))
     return 0
+
+
+def _run_live(args: argparse.Namespace, prompts: list[Prompt]) -> int:
+    """Track a stream or capture device until it ends (Ctrl-C stops it; the masks written stay complete)."""
+    if args.model == "stcn" or args.annotations is not None:
+        raise UserInputError(f"--video {args.video}: a live source is tracked by SAM2 from --mask or --prompts")
+    predictor = build_predictor(args)
+    current: list[np.ndarray] = []  # the frame being tracked: for its size and the overlay (one frame held)
+
+    def remembered(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for rgb in frames:
+            current[:] = [rgb]
+            yield rgb
+
+    def outputs() -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+        with tqdm(desc="predict", unit="frame") as progress:
+            for frame_idx, obj_ids, logits in predictor.track_stream(remembered(live_frames(args.video)), prompts):
+                progress.update()
+                rgb = current[0]
+                yield args.out / f"{frame_idx:05d}.png", object_id_map(obj_ids, logits, *rgb.shape[:2]), rgb
+
+    written = _write_outputs(outputs(), args, DEFAULT_FPS, None)
+    print(f"wrote {written} masks to {args.out}" + (f" and {args.overlay}" if args.overlay is not None else ""))
+    return 0
+
+
+def _write_outputs(outputs: Iterator[tuple[Path, np.ndarray, np.ndarray | None]], args: argparse.Namespace,
+                   fps: float, num_frames: int | None) -> int:
+    """Write each tracked `(png path, ids [H, W], RGB frame [H, W, 3])` as it comes (each PNG atomically) and,
+    with --overlay, encode the overlay video on the fly; returns the number of masks written. An error or
+    Ctrl-C leaves the masks written so far complete on disk, and the message says how many there are."""
+    written = 0
+
+    def written_masks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        nonlocal written
+        for path, ids, rgb in outputs:
+            write_palette_png(path, ids)
+            written += 1
+            yield rgb, ids
+
+    def done() -> str:
+        total = f" of {num_frames}" if num_frames is not None else ""
+        overlay = f"; the overlay {args.overlay} was not written" if args.overlay is not None else ""
+        return f"{written}{total} masks were written to {args.out}{overlay}"
+
+    try:
+        if args.overlay is None:
+            for _ in written_masks():
+                pass
+        else:
+            write_overlay_video(written_masks(), args.overlay, fps=fps)
+    except OSError as err:
+        raise _after_writing(err, done()) from None
+    except UserInputError as err:  # e.g. an unreadable frame in the middle of the video
+        raise UserInputError(f"{err}; {done()}") from None
+    except KeyboardInterrupt:
+        print(f"interrupted: {done()}", file=sys.stderr)
+        raise
+    return written
 
 
 def _after_writing(err: OSError, written: str) -> UserInputError:

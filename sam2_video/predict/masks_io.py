@@ -106,12 +106,12 @@ def pick_video_codec() -> str:
 
 
 def write_overlay_video(
-    frames: Iterable[np.ndarray],
-    masks: Iterable[np.ndarray],
+    frames_and_masks: Iterable[tuple[np.ndarray, np.ndarray]],
     path: str | os.PathLike,
     fps: float = 24.0,
 ) -> None:
-    """Write an .mp4 of masks drawn over frames (RGB uint8 `[H, W, 3]` and ids `[H, W]`), atomically.
+    """Write an .mp4 of masks drawn over frames (pairs of RGB uint8 `[H, W, 3]` and ids `[H, W]`, encoded
+    as they come, so a tracker can feed it frame by frame), atomically.
 
     The encoder needs even sizes, so an odd last row/column is dropped from the video.
     """
@@ -121,7 +121,7 @@ def write_overlay_video(
     with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = None
-            for frame, ids in zip(frames, masks, strict=True):
+            for frame, ids in frames_and_masks:
                 if stream is None:
                     height, width = (frame.shape[0] // 2) * 2, (frame.shape[1] // 2) * 2
                     stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))

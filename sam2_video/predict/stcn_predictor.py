@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from sam2_video.errors import UserInputError
 from sam2_video.model.stcn import STCN, KeyFeatures, STCNConfig, aggregate, get_affinity
-from sam2_video.predict.frames import load_video_frames
+from sam2_video.predict.video_frames import open_video_frames
 from sam2_video.predict.input_checks import check_frame_idx, check_mask, check_obj_id
 from sam2_video.train.checkpoint import load_training_checkpoint
 
@@ -63,17 +63,16 @@ class STCNVideoPredictor:
 
     @torch.inference_mode()
     def init_state(self, video_path: str, offload_video_to_cpu: bool = False) -> InferenceState:
-        """Load a video (a folder of frames or a video file) and start an empty session."""
-        images, video_height, video_width, frame_names = load_video_frames(
-            video_path, self.image_size, offload_video_to_cpu=offload_video_to_cpu, device=self.device
-        )
+        """Open a video (a folder of frames or a video file, read on demand) and start an empty session."""
+        images = open_video_frames(video_path, self.image_size,
+                                   device=torch.device("cpu") if offload_video_to_cpu else self.device)
         return {
             "video_path": str(video_path),
             "images": images,
             "num_frames": len(images),
-            "frame_names": frame_names,
-            "video_height": video_height,
-            "video_width": video_width,
+            "frame_names": images.names,
+            "video_height": images.height,
+            "video_width": images.width,
             "device": self.device,
             "obj_id_to_idx": OrderedDict(),
             "obj_ids": [],

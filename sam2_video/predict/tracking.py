@@ -250,6 +250,14 @@ def combine_objects(obj_ids: Sequence[int], logits: torch.Tensor) -> tuple[np.nd
     return best, np.asarray(obj_ids, dtype=np.uint8)[winner]
 
 
+def object_id_map(obj_ids: Sequence[int], logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Ids `[H, W]` uint8 of mask logits `[O, 1, H, W]`: the highest-logit object where its logit > 0, else 0
+    (all 0 when there is no object yet)."""
+    if not len(obj_ids):
+        return _empty(height, width)[1]
+    return _foreground(*combine_objects(obj_ids, logits))
+
+
 def _tracking_passes(prompts: Sequence[Prompt], objects_start_together: bool) -> list[list[Prompt]]:
     return [list(prompts)] if objects_start_together else _group_by_start(prompts)
 
@@ -324,7 +332,7 @@ def _track_in_one_pass(
         if on_frame_tracked is not None:
             for _ in range(sum(start <= frame_idx for start in pass_starts)):
                 on_frame_tracked()
-        yield frame_idx, _foreground(*combine_objects(obj_ids, logits))
+        yield frame_idx, object_id_map(obj_ids, logits, height, width)
 
 
 def _empty(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

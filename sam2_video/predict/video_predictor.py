@@ -41,7 +41,6 @@ from sam2_video.model.build import build_sam2
 from sam2_video.model.presets import SAM2Config, sam2_config
 from sam2_video.model.sam2 import SAM2
 from sam2_video.predict.frame_tracker import FrameTracker
-from sam2_video.predict.frames import load_video_frames
 from sam2_video.predict.input_checks import (
     check_frame_idx,
     check_inside_frame,
@@ -50,6 +49,7 @@ from sam2_video.predict.input_checks import (
     points_and_labels,
 )
 from sam2_video.predict.session import TrackingSession
+from sam2_video.predict.video_frames import open_video_frames
 from sam2_video.predict.stream_frames import CurrentFrame, prompts_by_frame, stream_frame_input
 from sam2_video.predict.tracking import Prompt, apply_prompts
 
@@ -93,21 +93,22 @@ class SAM2VideoPredictor:
         offload_state_to_cpu: bool = False,
         async_loading_frames: bool = False,
     ) -> TrackingSession:
-        """Load a video (a folder of JPEG/PNG frames or an .mp4) and start an empty session.
+        """Open a video (a folder of JPEG/PNG frames or a .mp4/.avi/.mov/.mkv file) and start an empty session.
 
-        `offload_video_to_cpu` keeps the frames [T,3,S,S] in CPU memory, `offload_state_to_cpu`
-        keeps the per-frame outputs there (both only matter on a GPU). `async_loading_frames` is
-        accepted so that code written for the official predictor runs unchanged; frames are
-        always loaded before this returns.
+        Frames are read on demand (`open_video_frames`: a bounded cache of resized frames, read ahead
+        in the direction of tracking), so this returns in about a second for any length of video and
+        frame memory does not grow with it. `offload_video_to_cpu` keeps the decoded frames in CPU
+        memory (each is moved to the device when used), `offload_state_to_cpu` keeps the per-frame
+        outputs there (both only matter on a GPU). `async_loading_frames` is accepted so that code
+        written for the official predictor runs unchanged (reading is always on demand).
         """
         device = self.device
-        images, video_height, video_width, frame_names = load_video_frames(
-            video_path, self.image_size, offload_video_to_cpu=offload_video_to_cpu, device=device
-        )
+        images = open_video_frames(video_path, self.image_size,
+                                   device=torch.device("cpu") if offload_video_to_cpu else device)
         state = TrackingSession(
-            video_path=str(video_path), images=images, num_frames=len(images), video_height=video_height,
-            video_width=video_width, device=device,
-            storage_device=torch.device("cpu") if offload_state_to_cpu else device, frame_names=frame_names,
+            video_path=str(video_path), images=images, num_frames=len(images), video_height=images.height,
+            video_width=images.width, device=device,
+            storage_device=torch.device("cpu") if offload_state_to_cpu else device, frame_names=images.names,
             offload_video_to_cpu=offload_video_to_cpu, offload_state_to_cpu=offload_state_to_cpu,
         )
         self._tracker.encode_frame(state, 0)  # warm-up: frame 0 is the usual first prompt
