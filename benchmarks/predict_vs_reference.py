@@ -12,6 +12,16 @@ Each predictor runs one untimed session first, the two take turns going first, a
 measured in a second pass of its own (on the CPU it needs allocator settings that slow both down).
 
     python benchmarks/predict_vs_reference.py --image-size 512 --frames 10 --objects 1 3
+
+`--interactive` times instead the annotate page's common case on a real DAVIS sequence, 3 objects
+(clicks on frame 0), as one whole session (init_state included): propagate forward over `--frames`
+frames, a correction click on frame 4, propagate again from frame 4, then propagate in reverse
+from the last frame. Rows: the official predictor, ours in float32 (its image-feature cache skips
+the encoder on frames already seen) and ours with dtype=bfloat16; medians of `--repeats` runs taken
+in turns, peak memory per row, max logit difference to the official outputs, and for bf16 the
+fraction of mask pixels (logit > 0) agreeing with our float32.
+
+    python benchmarks/predict_vs_reference.py --interactive --image-size 512 --frames 12 --repeats 3
 Needs the reference: pip install --no-deps sam2==1.1.0 hydra-core iopath
 """
 from __future__ import annotations
@@ -22,6 +32,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: it reads 
 
 import argparse
 import ctypes
+import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +77,10 @@ def build_official(preset: str, image_size: int, device: str) -> Any:
             mlp.layers[-1].weight *= 20.0
             mlp.layers[-1].bias *= 20.0
     predictor.fill_hole_area = 0
+    # refharness's exact fp32 cast of the bf16 memory (the official code crashes on a tracked frame
+    # without object pointers, facebookresearch/sam2#308: the reverse pass from the last frame has none)
+    predictor.memory_attention.register_forward_pre_hook(
+        lambda module, args, kwargs: (args, {**kwargs, "memory": kwargs["memory"].float()}), with_kwargs=True)
     return predictor
 
 
@@ -123,6 +139,78 @@ def run_session(predictor: Any, video: Path, masks: list[list[np.ndarray]], num_
     return len(outputs) / seconds, _peak(device) - base, outputs
 
 
+def davis_video(folder: Path, davis: Path, sequence: str, num_frames: int) -> list[np.ndarray]:
+    """Copy the sequence's first frames to `folder`; returns the object masks of frames 0 and 4."""
+    frames = sorted((davis / "JPEGImages" / sequence).glob("*.jpg"))[:num_frames]
+    if len(frames) < max(num_frames, 5):
+        raise SystemExit(f"{davis / 'JPEGImages' / sequence}: needs {max(num_frames, 5)} frames, found {len(frames)}")
+    for frame in frames:
+        shutil.copy(frame, folder / frame.name)
+    return [np.array(Image.open(davis / "Annotations" / sequence / f"{frames[t].stem}.png")) > 0 for t in (0, 4)]
+
+
+def interactive_session(predictor: Any, video: Path, masks: list[np.ndarray], num_frames: int,
+                        device: str) -> tuple[float, int, list[torch.Tensor]]:
+    """Clicks for 3 objects on frame 0 (the annotated object, two background regions), propagate,
+    a correction click on frame 4, propagate from 4, propagate in reverse from the last frame.
+    Returns (seconds of the whole session, peak memory above the start, every mask it returned)."""
+    base = _reset_peak(device)
+    start = time.perf_counter()
+    state = predictor.init_state(str(video))
+    height, width = masks[0].shape
+    ys, xs = np.nonzero(masks[0])
+    outputs = []
+    for obj_id, point in ((1, (xs.mean(), ys.mean())), (2, (width * 0.1, height * 0.1)), (3, (width * 0.9, height * 0.9))):
+        outputs.append(predictor.add_new_points_or_box(state, 0, obj_id, points=[point], labels=[1])[2].cpu())
+    outputs += [m.cpu() for _, _, m in predictor.propagate_in_video(state, max_frame_num_to_track=num_frames - 1)]
+    ys, xs = np.nonzero(masks[1])
+    outputs.append(predictor.add_new_points_or_box(state, 4, 1, points=[[xs.mean(), ys.mean()]], labels=[1],
+                                                   clear_old_points=False)[2].cpu())
+    outputs += [m.cpu() for _, _, m in predictor.propagate_in_video(state, start_frame_idx=4,
+                                                                  max_frame_num_to_track=num_frames - 5)]
+    outputs += [m.cpu() for _, _, m in predictor.propagate_in_video(state, start_frame_idx=num_frames - 1, reverse=True)]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, _peak(device) - base, outputs
+
+
+def run_interactive(args: argparse.Namespace, official: Any, checkpoint: Path, tmp: str) -> None:
+    video = Path(tmp) / "davis"
+    video.mkdir()
+    masks = davis_video(video, args.davis, args.sequence, args.frames)
+    rows = {"official": official}
+    for dtype in ("float32", "bfloat16"):
+        rows[f"ours {dtype}"] = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
+                                                           image_size=args.image_size, fill_hole_area=0, dtype=dtype)
+    print(f"interactive session, DAVIS {args.sequence} {args.frames} frames {masks[0].shape[1]}x{masks[0].shape[0]}, "
+          f"{args.preset} at {args.image_size}, 3 objects, {args.device}, torch threads {torch.get_num_threads()}, "
+          f"median of {args.repeats}")
+    seconds: dict[str, list[float]] = {name: [] for name in rows}
+    outputs: dict[str, list[torch.Tensor]] = {}
+    peak: dict[str, int] = {}
+    with torch.inference_mode():
+        for predictor in rows.values():  # warm-up
+            interactive_session(predictor, video, masks, args.frames, args.device)
+        names = list(rows)
+        for repeat in range(args.repeats):
+            for name in names if repeat % 2 == 0 else names[::-1]:
+                took, _, outputs[name] = interactive_session(rows[name], video, masks, args.frames, args.device)
+                seconds[name].append(took)
+        if not args.device.startswith("cuda"):
+            LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)  # see main(): memory pass with freed tensors handed back
+        for name in names:
+            peak[name] = interactive_session(rows[name], video, masks, args.frames, args.device)[1]
+    official_s = statistics.median(seconds["official"])
+    print("row              session s  speed-up  peak MiB  max |logit diff| to official  mask agreement with fp32")
+    for name in names:
+        median = statistics.median(seconds[name])
+        diff = max((a - b).abs().max().item() for a, b in zip(outputs[name], outputs["official"]))
+        agree = np.mean([((a > 0) == (b > 0)).float().mean().item()
+                         for a, b in zip(outputs[name], outputs["ours float32"])])
+        print(f"{name:15}  {median:9.2f}  {official_s / median:7.2f}x  {peak[name] / 2**20:8.0f}  {diff:28.2e}"
+              f"  {agree:24.4%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sam2.1_hiera_t")
@@ -130,6 +218,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10, help="synthetic 480x640 frames")
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 3], choices=[1, 2, 3])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--interactive", action="store_true", help="time the interactive session (see above)")
+    parser.add_argument("--repeats", type=int, default=3, help="--interactive: timed sessions per row")
+    parser.add_argument("--davis", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+                        / "davis2016_val_subset", help="--interactive: DAVIS root (JPEGImages/, Annotations/)")
+    parser.add_argument("--sequence", default="blackswan", help="--interactive: DAVIS sequence")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -137,6 +230,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "weights.pt"
         torch.save({"model": official.state_dict()}, checkpoint)
+        if args.interactive:
+            run_interactive(args, official, checkpoint, tmp)
+            return
         ours = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
                                           image_size=args.image_size, fill_hole_area=0)
         ours_fp32 = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,

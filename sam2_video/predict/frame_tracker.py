@@ -8,6 +8,7 @@ model image size, H x W the video size.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Sequence
 
 import torch
@@ -16,17 +17,46 @@ import torch.nn.functional as F
 from sam2_video.errors import UserInputError
 from sam2_video.model.memory_bank import MemoryBank, MemorySelection
 from sam2_video.model.sam2 import NO_OBJ_SCORE, SAM2
+from sam2_video.predict.feature_cache import FeatureCache, default_cache_bytes
 from sam2_video.predict.postprocess import fill_holes_in_mask_scores
 from sam2_video.predict.session import FrameOutput, TrackingSession
 
 
-class FrameTracker:
-    """Runs a `SAM2` model (eval mode) frame by frame on a `TrackingSession`."""
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-    def __init__(self, model: SAM2) -> None:
+
+class FrameTracker:
+    """Runs a `SAM2` model (eval mode) frame by frame on a `TrackingSession`.
+
+    `feature_cache_bytes` / `feature_cache_frames` bound each session's `FeatureCache` of image-encoder
+    outputs (None: `default_cache_bytes` of the device's free memory when the session first encodes a
+    frame; no frame bound). `dtype` bfloat16 runs the model calls under bf16 autocast (CPU or CUDA);
+    what the session keeps and returns stays float32, except the memory features, stored as the
+    model config says.
+    """
+
+    def __init__(self, model: SAM2, feature_cache_bytes: int | None = None, feature_cache_frames: int | None = None,
+                 dtype: str = "float32") -> None:
+        if dtype not in INFERENCE_DTYPES:
+            raise UserInputError(f"dtype {dtype!r}: use one of {', '.join(INFERENCE_DTYPES)}")
         self.model = model
         self.config = model.config
         self.image_size = model.config.image_size
+        self.feature_cache_bytes = feature_cache_bytes
+        self.feature_cache_frames = feature_cache_frames
+        self.dtype = INFERENCE_DTYPES[dtype]
+
+    def new_feature_cache(self, state: TrackingSession, max_frames: int | None = None) -> FeatureCache:
+        """A cache with this tracker's bounds (`max_frames` overrides the frame bound)."""
+        max_bytes = self.feature_cache_bytes
+        if max_bytes is None:
+            max_bytes = default_cache_bytes(state.device)
+        return FeatureCache(max_bytes, self.feature_cache_frames if max_frames is None else max_frames)
+
+    def _autocast(self, state: TrackingSession) -> AbstractContextManager:
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(state.device.type, dtype=self.dtype)
 
     def run_prompt(
         self,
@@ -97,10 +127,11 @@ class FrameTracker:
                                      mode="bilinear", align_corners=False)
             object_scores = torch.cat([out["object_score_logits"] for out in outs], dim=0)
             _, vision_feats, _, feat_sizes = self._image_features(state, frame_idx, len(outs))
-            features, pos_enc = self.model.encode_new_memory(
-                current_vision_feats=vision_feats, feat_sizes=feat_sizes, pred_masks_high_res=high_res,
-                object_score_logits=object_scores, is_mask_from_pts=True,
-            )
+            with self._autocast(state):
+                features, pos_enc = self.model.encode_new_memory(
+                    current_vision_feats=vision_feats, feat_sizes=feat_sizes, pred_masks_high_res=high_res,
+                    object_score_logits=object_scores, is_mask_from_pts=True,
+                )
             features = self._stored_memory(state, features)
             pos_enc = self._memory_pos_enc(state, pos_enc)
             for i, out in enumerate(outs):
@@ -183,13 +214,15 @@ class FrameTracker:
         return batched
 
     def encode_frame(self, state: TrackingSession, frame_idx: int) -> dict:
-        """Image-encoder output of one frame (batch 1); the most recent frame is cached (a prompt
-        and the tracking of its frame encode it once)."""
-        cached = state["cached_features"].get(frame_idx)
+        """Image-encoder output of one frame (batch 1), from the session's `FeatureCache` when it
+        holds the frame (prompts, re-propagation and reverse passes reuse it), else encoded and cached."""
+        if state.feature_cache is None:
+            state.feature_cache = self.new_feature_cache(state)
+        cached = state.feature_cache.get(frame_idx)
         if cached is None:
             image = state["images"][frame_idx].to(state["device"]).float().unsqueeze(0)
-            cached = self.model.forward_image(image)
-            state["cached_features"] = {frame_idx: cached}
+            with self._autocast(state):
+                cached = state.feature_cache.put(frame_idx, self.model.forward_image(image))
         return cached
 
     def _image_features(self, state: TrackingSession, frame_idx: int, batch_size: int) -> tuple:
@@ -235,21 +268,22 @@ class FrameTracker:
         [B,1,S/4,S/4] on the compute device, small holes filled.
         """
         _, vision_feats, vision_pos_embeds, feat_sizes = self._image_features(state, frame_idx, len(obj_idxs))
-        out = self.model.track_step(
-            frame_idx=frame_idx,
-            is_init_cond_frame=is_init_cond_frame,
-            current_vision_feats=vision_feats,
-            current_vision_pos_embeds=vision_pos_embeds,
-            feat_sizes=feat_sizes,
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
-            memory=memory,
-            num_frames=state["num_frames"],
-            track_in_reverse=reverse,
-            run_mem_encoder=run_mem_encoder,
-            prev_sam_mask_logits=prev_sam_mask_logits,
-        )
-        pred_masks = out["pred_masks"]
+        with self._autocast(state):
+            out = self.model.track_step(
+                frame_idx=frame_idx,
+                is_init_cond_frame=is_init_cond_frame,
+                current_vision_feats=vision_feats,
+                current_vision_pos_embeds=vision_pos_embeds,
+                feat_sizes=feat_sizes,
+                point_inputs=point_inputs,
+                mask_inputs=mask_inputs,
+                memory=memory,
+                num_frames=state["num_frames"],
+                track_in_reverse=reverse,
+                run_mem_encoder=run_mem_encoder,
+                prev_sam_mask_logits=prev_sam_mask_logits,
+            )
+        pred_masks = out["pred_masks"].float()
         if self.config.fill_hole_area > 0:
             pred_masks = fill_holes_in_mask_scores(pred_masks, self.config.fill_hole_area)
         stored_masks = pred_masks.to(state["storage_device"])
@@ -262,8 +296,8 @@ class FrameTracker:
                 "maskmem_features": None if features is None else features[i : i + 1],
                 "maskmem_pos_enc": None if features is None else pos_enc,
                 "pred_masks": stored_masks[i : i + 1],
-                "obj_ptr": out["obj_ptr"][i : i + 1],
-                "object_score_logits": out["object_score_logits"][i : i + 1],
+                "obj_ptr": out["obj_ptr"][i : i + 1].float(),
+                "object_score_logits": out["object_score_logits"][i : i + 1].float(),
             }
             for i in range(len(obj_idxs))
         ]

@@ -20,6 +20,7 @@ import torch
 
 from sam2_video.errors import UserInputError
 from sam2_video.model.memory_bank import MemoryBank
+from sam2_video.predict.feature_cache import FeatureCache
 
 FrameOutput = dict[str, Any]
 PromptOutputs = dict[str, dict[int, FrameOutput]]  # {"cond_frame_outputs"|"non_cond_frame_outputs": {t: out}}
@@ -57,7 +58,7 @@ class TrackingSession:
     output_dict_per_obj: dict[int, MemoryBank] = field(default_factory=dict)
     temp_output_dict_per_obj: dict[int, PromptOutputs] = field(default_factory=dict)
     frames_tracked_per_obj: dict[int, dict[int, dict[str, bool]]] = field(default_factory=dict)
-    cached_features: dict[int, dict[str, Any]] = field(default_factory=dict)  # the last encoded frame
+    feature_cache: FeatureCache | None = None  # encoder outputs by frame, made by FrameTracker
     constants: dict[str, Any] = field(default_factory=dict)  # the shared memory position encoding
 
     # ---------------------------------------------------------------- the official dict view
@@ -86,6 +87,12 @@ class TrackingSession:
     @classmethod
     def _keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @property
+    def feature_cache_bytes(self) -> int:
+        """Memory held by the cached image-encoder outputs (bounded by the predictor's
+        `feature_cache_mib` / `feature_cache_frames`)."""
+        return 0 if self.feature_cache is None else self.feature_cache.nbytes
 
     # ---------------------------------------------------------------- objects
     @property
