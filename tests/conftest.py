@@ -42,3 +42,14 @@ def require_reference():
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI must run the comparisons with the reference, not skip them)")
         pytest.skip(message)
+
+
+def make_decisive(model) -> None:
+    """Seeded random weights made decisive as ../shared/refharness does: every object counts as present
+    (object-score bias +5) and mask logits are scaled x20, so that rounding cannot flip a mask pixel."""
+    decoder = model.sam_mask_decoder
+    with torch.no_grad():
+        decoder.pred_obj_score_head.layers[-1].bias += 5.0
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 20.0
+            mlp.layers[-1].bias *= 20.0

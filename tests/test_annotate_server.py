@@ -27,6 +27,7 @@ from sam2_video.errors import UserInputError
 from sam2_video.model.build import save_checkpoint
 from sam2_video.predict.masks_io import read_mask_png
 from sam2_video.predict.video_predictor import build_sam2_video_predictor
+from conftest import make_decisive
 
 SIZE = (64, 80)  # height, width of the generated video
 
@@ -38,12 +39,7 @@ def decisive_checkpoint(path: Path, image_size: int = 64) -> Path:
     not all-empty or flickering (../shared/refharness/README.md); saved in the official format."""
     torch.manual_seed(0)
     predictor = build_sam2_video_predictor("sam2.1_tiny_test", image_size=image_size)
-    decoder = predictor.model.sam_mask_decoder
-    with torch.no_grad():
-        decoder.pred_obj_score_head.layers[-1].bias += 5.0
-        for mlp in decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 20.0
-            mlp.layers[-1].bias *= 20.0
+    make_decisive(predictor.model)
     save_checkpoint(predictor.model, path)
     return path
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from sam2_video.errors import UserInputError
 from sam2_video.predict.video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
+from conftest import make_decisive
 
 NUM_FRAMES = 5
 MIN_AGREEMENT = 0.99
@@ -22,12 +23,7 @@ def decisive_tiny_predictor(dtype: str) -> SAM2VideoPredictor:
     the > 0 thresholds are not decided by noise."""
     torch.manual_seed(0)
     predictor = build_sam2_video_predictor("sam2.1_tiny_test", fill_hole_area=0, dtype=dtype)
-    decoder = predictor.model.sam_mask_decoder
-    with torch.no_grad():
-        decoder.pred_obj_score_head.layers[-1].bias += 5.0
-        for mlp in decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 20.0
-            mlp.layers[-1].bias *= 20.0
+    make_decisive(predictor.model)
     return predictor
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from sam2_video.predict.tracking import ClickPrompt, MaskPrompt, Prompt, apply_prompts, track_video
 from sam2_video.predict.video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
+from conftest import make_decisive
 
 DAVIS_FRAMES = 60
 LATE_START = 20
@@ -20,12 +21,7 @@ LATE_START = 20
 def decisive_predictor(**overrides) -> SAM2VideoPredictor:
     torch.manual_seed(0)
     predictor = build_sam2_video_predictor("sam2.1_tiny_test", image_size=64, **overrides)
-    decoder = predictor.model.sam_mask_decoder
-    with torch.no_grad():
-        decoder.pred_obj_score_head.layers[-1].bias += 5.0
-        for mlp in decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 20.0
-            mlp.layers[-1].bias *= 20.0
+    make_decisive(predictor.model)
     return predictor
 
 
