@@ -97,6 +97,18 @@ class BatchedVideoDatapoint:
         return video_idx * self.num_frames + frame_idx
 
     @property
+    def object_frame_is_padding(self) -> torch.Tensor:
+        """[T,O] bool: the object's clip repeats an earlier frame there (`frame_is_padding` per object)."""
+        video_idx = self.obj_to_frame_idx[..., 1].long()  # [T,O]
+        return self.frame_is_padding.gather(1, video_idx)
+
+    @property
+    def num_unpadded_frames(self) -> int:
+        """Leading frames that are real in every clip (padding only ever follows a clip's real frames)."""
+        any_padding = self.frame_is_padding.any(1)
+        return int(any_padding.long().argmax()) if bool(any_padding.any()) else self.num_frames
+
+    @property
     def has_prompts(self) -> torch.Tensor:
         """[T,O] bool: an explicit point, box or mask prompt exists for the object on that frame."""
         return (self.point_labels >= 0).any(-1) | self.box_valid | self.mask_prompt_valid

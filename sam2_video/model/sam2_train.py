@@ -406,15 +406,18 @@ class SAM2Model(SAM2):
         num_correct = self._phase("num_frames_to_correct")
         if num_frames == 1:  # a single image: SAM-style interactive training with clicks
             prob_pt, num_init, num_correct = 1.0, 1, 1
+        # prompts go only on frames that are real in every clip: a padded frame (a repeat of the
+        # clip's last frame) must not become a conditioning memory that real frames read
+        num_real = batch.num_unpadded_frames
         # unlike the official code, a clip keeps at least one tracked frame: with only prompted
         # frames a mask-prompted step would have nothing to learn (a loss without gradient)
-        num_init = min(num_init, max(num_frames - 1, 1))
+        num_init = min(num_init, max(num_real - 1, 1))
         use_pt_input = _uniform() < prob_pt
         if self._phase("rand_init_cond_frames") and num_init > 1:
             num_init = _randint(1, num_init)
         if use_pt_input and self._phase("rand_frames_to_correct") and num_correct > num_init:
             num_correct = _randint(num_init, num_correct)
-        others = list(range(1, num_frames))
+        others = list(range(1, num_real))
         init_cond = [0] + _choose(others, num_init - 1)
         prompts = FramePrompts(init_cond_frames=init_cond, frames_to_correct=[])
         method = "uniform" if self.training else self.recipe.pt_sampling_for_eval
@@ -429,7 +432,7 @@ class SAM2Model(SAM2):
                 coords, labels = next_click(gt, None, method)
                 prompts.point_inputs[t] = {"point_coords": coords, "point_labels": labels}
         if use_pt_input:
-            remaining = [t for t in range(num_frames) if t not in init_cond]
+            remaining = [t for t in range(num_real) if t not in init_cond]
             extra = min(max(num_correct - num_init, 0), len(remaining))
             prompts.frames_to_correct = init_cond + _choose(remaining, extra)
         return prompts

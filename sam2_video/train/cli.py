@@ -179,7 +179,7 @@ def build_loss(config: RunConfig, total_steps: int) -> LossFn:
         supervise_all_iou=train.supervise_all_iou,
         iou_use_l1_loss=train.iou_use_l1_loss,
     )
-    return lambda outputs, batch: loss(outputs, batch.masks)
+    return lambda outputs, batch: loss(outputs, batch.masks, batch.object_frame_is_padding)
 
 
 def build_validator(config: RunConfig) -> Validator | None:

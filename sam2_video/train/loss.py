@@ -63,7 +63,8 @@ class MultiStepMultiMaskLoss(nn.Module):
     `forward(outputs, targets)`: outputs is a list over T frames of dicts with
     `multistep_pred_multimasks_high_res` (list over steps of [O,M,H,W] logits),
     `multistep_pred_ious` (list of [O,M]) and `multistep_object_score_logits` (list of [O,1]);
-    targets [T,O,H,W] bool/float ground truth. Returns `loss_mask`, `loss_dice`, `loss_iou`,
+    targets [T,O,H,W] bool/float ground truth; `frame_is_padding` [T,O] bool (optional) marks frames
+    repeated to fill a short clip, which add nothing to any term. Returns `loss_mask`, `loss_dice`, `loss_iou`,
     `loss_class` and their weighted sum `core_loss` (scalars, already divided by the number of
     objects, averaged over DDP ranks as in the official code).
     """
@@ -83,14 +84,21 @@ class MultiStepMultiMaskLoss(nn.Module):
         self.supervise_all_iou = supervise_all_iou
         self.iou_use_l1_loss = iou_use_l1_loss
 
-    def forward(self, outputs: Sequence[dict], targets: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, outputs: Sequence[dict], targets: Tensor, frame_is_padding: Tensor | None = None
+    ) -> dict[str, Tensor]:
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} frames of outputs but {len(targets)} frames of targets")
         num_objects = self._num_objects(targets)
         zero = targets.new_zeros((), dtype=torch.float32)
         totals = {"loss_mask": zero, "loss_dice": zero, "loss_iou": zero, "loss_class": zero}
-        for frame_out, frame_targets in zip(outputs, targets):
+        if frame_is_padding is None:
+            frame_is_padding = torch.zeros(targets.shape[:2], dtype=torch.bool, device=targets.device)
+        for frame_out, frame_targets, padding in zip(outputs, targets, frame_is_padding):
+            if bool(padding.all()):
+                continue
             target = frame_targets.unsqueeze(1).float()  # [O,1,H,W]
+            real = (~padding).float()[:, None]  # [O,1]
             steps = zip(
                 frame_out["multistep_pred_multimasks_high_res"],
                 frame_out["multistep_pred_ious"],
@@ -98,7 +106,7 @@ class MultiStepMultiMaskLoss(nn.Module):
             )
             for mask_logits, pred_ious, object_score_logits in steps:
                 step_losses = self._step_losses(
-                    mask_logits.float(), target, pred_ious.float(), object_score_logits.float(), num_objects
+                    mask_logits.float(), target, pred_ious.float(), object_score_logits.float(), num_objects, real
                 )
                 for key, value in step_losses.items():
                     totals[key] = totals[key] + value
@@ -121,16 +129,26 @@ class MultiStepMultiMaskLoss(nn.Module):
         return max(count.item() / world_size, 1.0)
 
     def _step_losses(
-        self, mask_logits: Tensor, target: Tensor, pred_ious: Tensor, object_score_logits: Tensor, num_objects: float
+        self,
+        mask_logits: Tensor,
+        target: Tensor,
+        pred_ious: Tensor,
+        object_score_logits: Tensor,
+        num_objects: float,
+        real: Tensor,
     ) -> dict[str, Tensor]:
-        """Losses of one prediction step: mask_logits [O,M,H,W], target [O,1,H,W], pred_ious [O,M]."""
+        """Losses of one prediction step: mask_logits [O,M,H,W], target [O,1,H,W], pred_ious [O,M],
+        real [O,1] (0 for an object whose clip is padding on this frame)."""
         target = target.expand_as(mask_logits)
         focal = focal_loss_per_mask(mask_logits, target, self.focal_alpha, self.focal_gamma) / num_objects
         dice = dice_loss_per_mask(mask_logits, target) / num_objects
         iou = iou_prediction_loss(mask_logits, target, pred_ious, self.iou_use_l1_loss) / num_objects
         object_present = (target[:, 0] > 0).flatten(1).any(-1, keepdim=True).float()  # [O,1]
+        supervised = object_present * real
         object_score = (
-            F.binary_cross_entropy_with_logits(object_score_logits, object_present, reduction="none").mean(1).sum()
+            (F.binary_cross_entropy_with_logits(object_score_logits, object_present, reduction="none") * real)
+            .mean(1)
+            .sum()
             / num_objects
         )
         if mask_logits.shape[1] > 1:  # back-propagate only the best of the multimask outputs
@@ -138,8 +156,8 @@ class MultiStepMultiMaskLoss(nn.Module):
             iou = iou.mean(-1, keepdim=True) if self.supervise_all_iou else iou.gather(1, best)
             focal, dice = focal.gather(1, best), dice.gather(1, best)
         return {
-            "loss_mask": (focal * object_present).sum(),
-            "loss_dice": (dice * object_present).sum(),
-            "loss_iou": (iou * object_present).sum(),
+            "loss_mask": (focal * supervised).sum(),
+            "loss_dice": (dice * supervised).sum(),
+            "loss_iou": (iou * supervised).sum(),
             "loss_class": object_score,
         }

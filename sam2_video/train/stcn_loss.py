@@ -73,8 +73,11 @@ class STCNLoss:
         losses: dict[str, torch.Tensor] = {}
         total = outputs.logits[0].new_zeros(())
         for t, logits in enumerate(outputs.logits, start=1):
+            real = ~batch.frame_is_padding[t]  # [B]: a repeated last frame adds no loss
+            if not bool(real.any()):
+                continue
             target = class_targets(batch.masks[t], slots)
-            losses[f"loss_frame_{t}"] = self.criterion(logits, target, self.step)
+            losses[f"loss_frame_{t}"] = self.criterion(logits[real], target[real], self.step)
             total = total + losses[f"loss_frame_{t}"]
         losses[CORE_LOSS_KEY] = total
         losses["kept_fraction"] = torch.tensor(self.criterion.kept_fraction(self.step))
