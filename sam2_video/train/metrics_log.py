@@ -8,10 +8,12 @@ validator's metrics (e.g. `J&F`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from sam2_video.io import atomic_path
+from sam2_video.train.loss import CORE_LOSS_KEY
 
 
 class MetricsLog:
@@ -56,26 +58,99 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
     return [r for r in records if kind is None or r["kind"] == kind]
 
 
-def plot_loss_curve(jsonl_path: str | Path, png_path: str | Path) -> None:
-    """Training loss (and validation J&F where logged) against optimizer steps, as a PNG."""
-    import matplotlib
+# Train-record keys that are not loss terms (they get no panel in the loss-curve figure).
+NOT_LOSS_TERMS = ("kind", "step", "epoch", "lr", "grad_norm", "seconds")
+PANEL_COLORS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    train = read_metrics(jsonl_path, "train")
-    val = [r for r in read_metrics(jsonl_path, "val") if "J&F" in r]
-    fig, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot([r["step"] for r in train], [r["core_loss"] for r in train], color="tab:blue", label="training loss")
-    loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("training loss")
-    loss_axis.set_yscale("log")
+def ema_alpha(num_points: int) -> float:
+    """EMA decay for a curve of `num_points` values: an averaging window of 1 / (1 - alpha) = ~5% of
+    the run (num_points / 20), kept within 10..50 points (alpha 0.9..0.98). A window that is a fixed
+    share of the run shows the trend at the same resolution in short and long runs; below 10 points
+    the batch-to-batch noise (e.g. the alternating easy and hard clips) still shows, above 50 a short
+    run's real turns would be smoothed away."""
+    return min(max(1.0 - 20.0 / max(num_points, 1), 0.9), 0.98)
+
+
+def ema(values: list[float], alpha: float) -> list[float]:
+    """Bias-corrected exponential moving average (as Adam's moments: no pull towards the zero start);
+    non-finite values are skipped (the average carries on), NaN until the first finite one."""
+    smoothed, average, seen = [], 0.0, 0
+    for value in values:
+        if math.isfinite(value):
+            average = alpha * average + (1.0 - alpha) * value
+            seen += 1
+        smoothed.append(average / (1.0 - alpha**seen) if seen else math.nan)
+    return smoothed
+
+
+def loss_curve_figure(records: list[dict[str, Any]]):
+    """The training-curve figure of `metrics.jsonl` records (a matplotlib Figure, Agg canvas).
+
+    One panel per loss term the "train" records carry (every numeric key but lr, grad_norm,
+    seconds; `core_loss` first, on the full-width top panel): the raw per-step value as a faint thin
+    line, its bias-corrected EMA (alpha from `ema_alpha`) drawn over it; log y (and the EMA taken
+    over log values) where the term's values are positive and span more than a decade. Validation
+    J&F (the "val" records' `J&F`), one marker per evaluation, is on the right-hand axis (0-1) of
+    the `core_loss` panel. x: optimizer steps.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val" and "J&F" in r]
+    terms: list[str] = []
+    for record in train:
+        terms += [key for key, value in record.items() if key not in NOT_LOSS_TERMS and key not in terms
+                  and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    terms = sorted(terms, key=lambda key: key != CORE_LOSS_KEY) or [CORE_LOSS_KEY]  # stable: core first
+    rows = 1 + math.ceil((len(terms) - 1) / 2)
+    fig = Figure(figsize=(11, 3.4 + 2.6 * (rows - 1)))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(rows, 2)
+    alpha = ema_alpha(len(train))
+    core_axis = None
+    for index, term in enumerate(terms):
+        cell = grid[0, :] if index == 0 else grid[1 + (index - 1) // 2, (index - 1) % 2]
+        axis = fig.add_subplot(cell, sharex=core_axis)
+        core_axis = core_axis or axis
+        points = [(r["step"], float(r[term])) for r in train if term in r]
+        steps, values = [s for s, _ in points], [v for _, v in points]
+        color = PANEL_COLORS[index % len(PANEL_COLORS)]
+        finite = [v for v in values if math.isfinite(v)]
+        log_y = bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
+        # on a log axis the EMA runs over log values (a geometric mean): an arithmetic one would trail
+        # far above a loss that drops by decades, and sit above the middle of a bimodal band
+        smoothed = [math.exp(v) for v in ema([math.log(v) for v in values], alpha)] if log_y else ema(values, alpha)
+        axis.plot(steps, values, color=color, linewidth=0.7, alpha=0.3, label="raw (per step)")
+        axis.plot(steps, smoothed, color=color, linewidth=1.8, label=f"EMA (alpha {alpha:.2f})")
+        if log_y:
+            axis.set_yscale("log")
+        axis.set_title(term, fontsize=10, loc="left")
+        if index >= len(terms) - 2:  # the panels with none below them
+            axis.set_xlabel("optimizer step")
+        axis.grid(True, alpha=0.3)
+    core_axis.set_xlabel("optimizer step")
+    handles, labels = core_axis.get_legend_handles_labels()
     if val:
-        jf_axis = loss_axis.twinx()
-        jf_axis.plot([r["step"] for r in val], [r["J&F"] for r in val], "o-", color="tab:orange", label="validation J&F")
-        jf_axis.set_ylabel("validation J&F")
-    fig.legend(loc="upper right")
+        jf = [float(r["J&F"]) for r in val]
+        jf_axis = core_axis.twinx()
+        jf_axis.plot([r["step"] for r in val], jf, "o-", color="tab:orange", linewidth=1.5, markersize=5,
+                     label=f"validation J&F (last {jf[-1]:.3f}, best {max(jf):.3f})")
+        jf_axis.set_ylim(0, 100 if max(jf) > 1 else 1)  # J&F is a fraction; a percent-scale validator keeps its points
+        jf_axis.set_ylabel("validation J&F", color="tab:orange")
+        jf_axis.tick_params(axis="y", colors="tab:orange")
+        more_handles, more_labels = jf_axis.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    core_axis.legend(handles, labels, loc="upper right", fontsize=8, framealpha=0.8)
+    if not train:
+        core_axis.text(0.5, 0.5, "no training steps logged", ha="center", va="center", transform=core_axis.transAxes)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss_curve(jsonl_path: str | Path, png_path: str | Path) -> None:
+    """Write `loss_curve_figure` of a `metrics.jsonl` file as a PNG (atomically)."""
+    fig = loss_curve_figure(read_metrics(jsonl_path))
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

@@ -276,11 +276,12 @@ class Trainer:
         )
 
     def _progress_bar(self):
+        """A tqdm bar on a terminal, periodic plain lines in logs / CI; on the main rank only."""
         if not self.is_main:
             return None
-        from tqdm.auto import tqdm
+        from sam2_video.train.progress import StepProgress
 
-        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        return StepProgress(total=self.total_steps, initial=self.step)
 
     def _train_epoch(self, progress) -> list[dict[str, float]]:
         settings = self.settings
@@ -318,8 +319,7 @@ class Trainer:
             if self.log is not None and self.step % settings.log_every_steps == 0:
                 self.log.log("train", self.step, self.epoch, record)
             if progress is not None:
-                progress.set_postfix(loss=f"{step_terms[CORE_LOSS_KEY]:.4f}", epoch=self.epoch)
-                progress.update(1)
+                progress.update(self.step, self.epoch, step_terms[CORE_LOSS_KEY], lr)
             if self.validate is not None and settings.val_every_steps and self.step % settings.val_every_steps == 0:
                 self._run_validation()
             if settings.checkpoint_every_steps and self.step % settings.checkpoint_every_steps == 0:
