@@ -134,3 +134,14 @@ def test_plot_loss_curve_writes_the_figure_as_a_png(tmp_path: Path) -> None:
     height, width, _ = matplotlib.image.imread(tmp_path / "loss_curve.png").shape
     assert width == 1100 and height > 600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss_curve.png", "metrics.jsonl"]  # no temporary left
+
+
+def test_logged_steps_carry_gradient_norms_per_module_that_add_up_to_the_total(tmp_path: Path) -> None:
+    make_trainer(tmp_path, num_clips=4, epochs=1).fit()
+    records = read_metrics(tmp_path / "metrics.jsonl", "train")
+    for record in records:
+        per_module = {k: v for k, v in record.items() if k.startswith("grad_norm/")}
+        assert per_module, "every logged step names the modules its gradients reached"
+        assert math.sqrt(sum(v * v for v in per_module.values())) == pytest.approx(record["grad_norm"], rel=1e-4)
+    figure = loss_curve_figure(read_metrics(tmp_path / "metrics.jsonl"))
+    assert not any(ax.get_title().startswith("grad_norm") for ax in figure.axes)  # not loss terms

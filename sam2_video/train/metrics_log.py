@@ -2,7 +2,8 @@
 
 Each JSONL record has `kind` ("train" or "val"), `step` (optimizer steps done), `epoch` (train:
 the epoch the step belongs to, from 0; val: epochs completed), and the scalars: train records the
-loss terms (`core_loss`, ...), `lr`, `grad_norm` (before clipping) and `seconds`; val records the
+loss terms (`core_loss`, ...), `lr`, `grad_norm` (before clipping), `grad_norm/<module>` per
+top-level module on logged steps, and `seconds`; val records the
 validator's metrics (e.g. `J&F`).
 """
 from __future__ import annotations
@@ -101,7 +102,8 @@ def loss_curve_figure(records: list[dict[str, Any]]):
     val = [r for r in records if r["kind"] == "val" and "J&F" in r]
     terms: list[str] = []
     for record in train:
-        terms += [key for key, value in record.items() if key not in NOT_LOSS_TERMS and key not in terms
+        terms += [key for key, value in record.items() if key not in NOT_LOSS_TERMS
+                  and not key.startswith("grad_norm/") and key not in terms
                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
     terms = sorted(terms, key=lambda key: key != CORE_LOSS_KEY) or [CORE_LOSS_KEY]  # stable: core first
     rows = 1 + math.ceil((len(terms) - 1) / 2)

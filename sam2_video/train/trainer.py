@@ -304,7 +304,9 @@ class Trainer:
             if not is_step_end:
                 continue
             lr = max(group["lr"] for group in self.optimizer.param_groups)  # the rate this step uses
-            grad_norm = self._optimizer_step(batch, batch_index)
+            # per-module norms cost one host sync, so only on steps that are logged
+            logged = self.log is not None and (self.step + 1) % settings.log_every_steps == 0
+            grad_norm, module_norms = self._optimizer_step(batch, batch_index, per_module=logged)
             if self.step == self.first_step + 1 and self.is_main and self.device.type == "cuda":
                 print(f"first step: peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB allocated")
             step_terms = self._mean_over_ranks(step_terms)
@@ -314,7 +316,7 @@ class Trainer:
             self.last_loss = step_terms
             if self.checkpoints is not None and math.isfinite(step_terms[CORE_LOSS_KEY]):  # fp16 skips non-finite
                 self.checkpoints.observe(self.step, step_terms[CORE_LOSS_KEY])
-            record = {**step_terms, "lr": lr, "grad_norm": grad_norm, "seconds": seconds}
+            record = {**step_terms, "lr": lr, "grad_norm": grad_norm, **module_norms, "seconds": seconds}
             history.append(record)
             if self.log is not None and self.step % settings.log_every_steps == 0:
                 self.log.log("train", self.step, self.epoch, record)
@@ -345,10 +347,13 @@ class Trainer:
             self.precision.backward(core_loss / self.settings.grad_accumulation)
         return {key: float(value.detach()) for key, value in losses.items() if torch.is_tensor(value) and value.numel() == 1}
 
-    def _optimizer_step(self, batch: Any, batch_index: int) -> float:
+    def _optimizer_step(self, batch: Any, batch_index: int, per_module: bool) -> tuple[float, dict[str, float]]:
+        """Clip, step, schedule; returns the total gradient norm before clipping and, with `per_module`,
+        `{"grad_norm/<top-level module>": norm}` (which parts of the model the loss actually drives)."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.settings.grad_clip if self.settings.grad_clip > 0 else float("inf")
         self.precision.unscale(self.optimizer)
+        module_norms = _gradient_norms_per_module(self.module) if per_module else {}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if not self.precision.handles_non_finite:  # fp16: the scaler skips an overflowing step itself
             self._check_finite(grad_norm.detach(), "gradient norm", batch, batch_index)
@@ -358,7 +363,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return float(grad_norm)
+        return float(grad_norm), module_norms
 
     def _mean_over_ranks(self, terms: dict[str, float]) -> dict[str, float]:
         """Logged loss terms averaged over DDP ranks (each rank saw different clips)."""
@@ -406,3 +411,15 @@ class Trainer:
             self.best_meter_values, improved = shared
         if improved:
             self._save(self.best_path)
+
+
+def _gradient_norms_per_module(model: torch.nn.Module) -> dict[str, float]:
+    """L2 norm of the gradients of each top-level submodule / parameter that has any (one host sync)."""
+    squares: dict[str, list[Tensor]] = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            squares.setdefault(name.split(".")[0], []).append(param.grad.detach().float().pow(2).sum())
+    if not squares:
+        return {}
+    norms = torch.stack([torch.stack(parts).sum() for parts in squares.values()]).sqrt().tolist()
+    return {f"grad_norm/{name}": norm for name, norm in zip(squares, norms)}
