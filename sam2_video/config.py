@@ -34,6 +34,14 @@ REPLACED_KEYS = {
                  "autocast on GPUs that have it, fp16 with loss scaling on those that do not, fp32 on the CPU) "
                  "or 'precision: fp32' for amp: false",
 }
+# the STCN settings were flat `model.stcn_<name>` keys before they got the `model.stcn:` section
+STCN_KEYS = ("key_backbone", "value_dim", "decoder_dim", "max_objects", "mem_every", "key_resnet_weights",
+             "value_resnet_weights")
+REPLACED_KEYS.update({
+    f"model.stcn_{name}": f"'model.stcn_{name}' was replaced by 'model.stcn.{name}' (in YAML: '{name}:' inside "
+                          "'stcn:' under 'model:')"
+    for name in STCN_KEYS
+})
 Where = Callable[[str], str]  # dotted key -> where its value came from (the file or a command-line override)
 # what `dataset.data_path` must hold, per dataset_type
 DATA_PATH_CONTENTS = {
@@ -45,16 +53,32 @@ DATA_PATH_CONTENTS = {
 
 
 @dataclass
+class STCNSection:
+    """`model.stcn:`, the settings of the STCN baseline (read only with `model: stcn`).
+
+    `max_objects`: objects per tracked video (training clips hold up to `dataset.max_num_objects`);
+    `mem_every`: the memory interval of its video predictor (validation, predict); the
+    `*_resnet_weights`: optional torchvision ImageNet ResNet weights for its encoders.
+    """
+
+    key_backbone: int = 50  # ResNet depth of the key encoder: 50 (paper) or 18
+    value_dim: int = 512
+    decoder_dim: int = 512
+    max_objects: int = 20
+    mem_every: int = 5  # predictor: every N-th frame joins the permanent memory
+    key_resnet_weights: str | None = None  # torchvision resnet{50,18} ImageNet .pth for the key encoder
+    value_resnet_weights: str | None = None  # torchvision resnet18 ImageNet .pth for the value encoder
+
+
+@dataclass
 class ModelSection:
-    """What to fine-tune.
+    """What to fine-tune: `model` is sam2 (the product, whose settings are this section's own keys)
+    or stcn (the baseline, set in the `stcn:` sub-section).
 
     sam2: `config_path` is a preset name (e.g. `sam2.1_hiera_t`) or an official config file,
     `checkpoint_path` official weights (None: random init). The `*_for_train` prompt-simulation
     settings left at None keep the official SAM2 recipe's values; `trainable_modules` applies to
-    sam2 only. stcn: the `stcn_*` sizes, `stcn_max_objects` (objects per tracked video; training
-    clips hold up to `dataset.max_num_objects`), `stcn_mem_every`, the memory interval of its
-    video predictor (validation, predict), and optional torchvision ImageNet ResNet weights for
-    its encoders (`stcn_key_resnet_weights`, `stcn_value_resnet_weights`).
+    sam2 only. `image_size` applies to both.
     """
 
     model: str = "sam2"
@@ -70,13 +94,7 @@ class ModelSection:
     num_frames_to_correct_for_train: int | None = None
     num_correction_pt_per_frame: int | None = None
     prob_to_sample_from_gt_for_train: float | None = None
-    stcn_key_backbone: int = 50  # ResNet depth of the key encoder: 50 (paper) or 18
-    stcn_value_dim: int = 512
-    stcn_decoder_dim: int = 512
-    stcn_max_objects: int = 20
-    stcn_mem_every: int = 5  # predictor: every N-th frame joins the permanent memory
-    stcn_key_resnet_weights: str | None = None  # torchvision resnet{50,18} ImageNet .pth for the key encoder
-    stcn_value_resnet_weights: str | None = None  # torchvision resnet18 ImageNet .pth for the value encoder
+    stcn: STCNSection = field(default_factory=STCNSection)
 
 
 @dataclass
@@ -212,6 +230,30 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     config = _build(RunConfig, raw, prefix="", where=where)
     _check_values(config, f"{source} with command-line overrides" if overrides else source)
     return config
+
+
+def upgrade_stored_config(config: Any) -> Any:
+    """A run config as an older version stored it in a checkpoint, in today's shape: the flat
+    `model.stcn_<name>` keys move into `model.stcn`. Anything else comes back as it is."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        return config
+    old_keys = {f"stcn_{name}": name for name in STCN_KEYS}
+    flat = {old_keys[key]: value for key, value in model.items() if key in old_keys}
+    if not flat:
+        return config
+    kept = {key: value for key, value in model.items() if key not in old_keys}
+    return {**config, "model": {**kept, "stcn": {**kept.get("stcn", {}), **flat}}}
+
+
+def stored_model_section(config: Any, source: str) -> ModelSection | None:
+    """The typed `model:` section of a run config stored in a checkpoint (read through
+    `load_training_checkpoint`, which upgrades older shapes); None for weights without one
+    (official or exported). Missing keys take their defaults; errors name `source`."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        return None
+    return _build(ModelSection, model, prefix="model.", where=lambda key: f"{source} (its stored run config)")
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> str:
@@ -351,23 +393,35 @@ def recipe_prompt_probabilities(prompt_types: list[str]) -> dict[str, float]:
     return probabilities
 
 
-def _check_stcn(model: ModelSection, data: DataSection, source: str) -> None:
-    if model.stcn_key_backbone not in STCN_KEY_BACKBONES:
-        raise UserInputError(f"{source}: 'model.stcn_key_backbone' must be 18 or 50, got {model.stcn_key_backbone}")
+def _check_sam2(config: RunConfig, source: str) -> None:
+    checkpointing = config.train.activation_checkpointing
+    for name in checkpointing if isinstance(checkpointing, list) else []:
+        _check_choice(source, "train.activation_checkpointing", name, CHECKPOINTABLE_MODULES)
+    if not config.model.trainable_modules:
+        raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
+
+
+def _check_stcn(config: RunConfig, source: str) -> None:
+    model, stcn = config.model, config.model.stcn
+    if config.train.activation_checkpointing is not False:
+        raise UserInputError(f"{source}: 'train.activation_checkpointing' applies to model sam2 only; "
+                             "remove it for stcn")
+    if stcn.key_backbone not in STCN_KEY_BACKBONES:
+        raise UserInputError(f"{source}: 'model.stcn.key_backbone' must be 18 or 50, got {stcn.key_backbone}")
     if model.image_size % 16 or model.image_size < 32:
         raise UserInputError(f"{source}: 'model.image_size' must be a multiple of 16 (at least 32) for stcn, got {model.image_size}")
-    for key in ("stcn_value_dim", "stcn_decoder_dim", "stcn_max_objects", "stcn_mem_every"):
-        if getattr(model, key) < 1:
-            raise UserInputError(f"{source}: 'model.{key}' must be at least 1, got {getattr(model, key)}")
-    if data.max_num_objects > model.stcn_max_objects:
+    for key in ("value_dim", "decoder_dim", "max_objects", "mem_every"):
+        if getattr(stcn, key) < 1:
+            raise UserInputError(f"{source}: 'model.stcn.{key}' must be at least 1, got {getattr(stcn, key)}")
+    if config.dataset.max_num_objects > stcn.max_objects:
         raise UserInputError(
-            f"{source}: 'dataset.max_num_objects' {data.max_num_objects} exceeds 'model.stcn_max_objects' "
-            f"{model.stcn_max_objects}, the most objects the STCN handles per video"
+            f"{source}: 'dataset.max_num_objects' {config.dataset.max_num_objects} exceeds 'model.stcn.max_objects' "
+            f"{stcn.max_objects}, the most objects the STCN handles per video"
         )
-    for key in ("stcn_key_resnet_weights", "stcn_value_resnet_weights"):
-        path = getattr(model, key)
+    for key in ("key_resnet_weights", "value_resnet_weights"):
+        path = getattr(stcn, key)
         if path is not None and not Path(path).is_file():
-            raise UserInputError(f"{source}: 'model.{key}' {path} is not a file (expected a torchvision ResNet .pth)")
+            raise UserInputError(f"{source}: 'model.stcn.{key}' {path} is not a file (expected a torchvision ResNet .pth)")
 
 
 def _check_values(config: RunConfig, source: str) -> None:
@@ -427,21 +481,12 @@ def _check_values(config: RunConfig, source: str) -> None:
         if value < 0:
             raise UserInputError(f"{source}: '{key}' must not be negative, got {value}")
     _check_choice(source, "train.precision", config.train.precision, PRECISIONS)
-    checkpointing = config.train.activation_checkpointing
-    if checkpointing is not False and config.model.model != "sam2":
-        raise UserInputError(f"{source}: 'train.activation_checkpointing' applies to model sam2 only; "
-                             f"remove it for {config.model.model}")
-    for name in checkpointing if isinstance(checkpointing, list) else []:
-        _check_choice(source, "train.activation_checkpointing", name, CHECKPOINTABLE_MODULES)
-    if config.model.model == "sam2" and not config.model.trainable_modules:
-        raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
     if config.model.feature_cache_frames > 0 and data.augment:
         raise UserInputError(
             f"{source}: 'model.feature_cache_frames' {config.model.feature_cache_frames} needs "
             "'dataset.augment: false': a cached frame's features would belong to another augmentation of it"
         )
-    if config.model.model == "stcn":
-        _check_stcn(config.model, data, source)
+    (_check_stcn if config.model.model == "stcn" else _check_sam2)(config, source)
     if data.dataset_type != "synthetic":
         expected = DATA_PATH_CONTENTS[data.dataset_type]
         if data.data_path is None:

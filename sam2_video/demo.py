@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam2_video.config import DataSection, ModelSection, RunConfig, TrainSection
+from sam2_video.config import DataSection, ModelSection, RunConfig, STCNSection, TrainSection
 from sam2_video.data import synthesize
 from sam2_video.errors import UserInputError
 from sam2_video.evaluate.davis import evaluate_davis
@@ -67,8 +67,8 @@ def demo_config(args: argparse.Namespace, out: Path, train_root: Path, val_root:
         model = ModelSection(model="sam2", config_path="sam2.1_tiny_test", image_size=args.image_size,
                              trainable_modules=SAM2_TRAINABLE_MODULES)
     else:
-        model = ModelSection(model="stcn", image_size=args.image_size, stcn_key_backbone=18,
-                             stcn_value_dim=128, stcn_decoder_dim=64, trainable_modules=[])
+        model = ModelSection(model="stcn", image_size=args.image_size, trainable_modules=[],
+                             stcn=STCNSection(key_backbone=18, value_dim=128, decoder_dim=64))
     data = DataSection(
         dataset_type="vos", data_path=str(train_root), val_data_path=str(val_root),
         video_clip_length=8 if args.model == "sam2" else 3, max_num_objects=2, batch_size=2, num_workers=1,

@@ -10,8 +10,8 @@ import torch
 from sam2_video.config import CHECKPOINTABLE_MODULES, load_config
 from sam2_video.errors import UserInputError
 from sam2_video.model import layers
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.model.sam2_train import SAM2Model
-from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.cli import build_trainer
 from sam2_video.train.loss import MultiStepMultiMaskLoss
 from sam2_video.train.memory import LiveTensorMemory

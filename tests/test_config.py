@@ -72,9 +72,9 @@ def test_overrides_are_typed_and_the_resolved_config_round_trips(tmp_path: Path)
         (["dataset.dataset_type=vos", "dataset.data_path=/no/such/folder"], "'dataset.data_path' /no/such/folder does not exist"),
         (["model.image_size=256", "dataset.image_size=[512,512]"], "differs from 'model.image_size' 256"),
         (["model.model=stcn", "model.image_size=100"], "multiple of 16 (at least 32) for stcn, got 100"),
-        (["model.model=stcn", "model.stcn_key_backbone=34"], "'model.stcn_key_backbone' must be 18 or 50, got 34"),
-        (["model.model=stcn", "model.stcn_max_objects=2", "dataset.max_num_objects=3"],
-         "'dataset.max_num_objects' 3 exceeds 'model.stcn_max_objects' 2"),
+        (["model.model=stcn", "model.stcn.key_backbone=34"], "'model.stcn.key_backbone' must be 18 or 50, got 34"),
+        (["model.model=stcn", "model.stcn.max_objects=2", "dataset.max_num_objects=3"],
+         "'dataset.max_num_objects' 3 exceeds 'model.stcn.max_objects' 2"),
         (["dataset.dataset_type=coco", f"dataset.data_path={REPO_ROOT / 'configs'}"], "is a folder; expected a COCO-video JSON"),
         (["model.feature_cache_frames=64"], "needs 'dataset.augment: false'"),
         (["dataset.sav_annotation_kind=automatic"], "expected one of manual, auto"),
@@ -143,3 +143,36 @@ def test_seed_002_point_prompts_reach_the_training_recipe() -> None:
                                              r"'dataset.prompt_types' \['point'\], which needs 0.0"):
         load_config(None, ["dataset.dataset_type=synthetic", "dataset.prompt_types=[point]",
                            "model.prob_to_use_box_input_for_train=0.5"])
+
+
+def test_old_flat_stcn_key_names_its_replacement() -> None:
+    with pytest.raises(UserInputError, match=r"command-line override 'model.stcn_value_dim=64': 'model.stcn_value_dim' "
+                                             r"was replaced by 'model.stcn.value_dim'"):
+        load_config(None, ["dataset.dataset_type=synthetic", "model.model=stcn", "model.stcn_value_dim=64"])
+
+
+def test_checkpoint_of_an_older_run_with_flat_stcn_keys_still_loads(tmp_path: Path) -> None:
+    import torch
+
+    from sam2_video.model.run_checkpoint import load_training_checkpoint
+    from sam2_video.model.stcn import STCN, STCNConfig
+    from sam2_video.predict.stcn_predictor import build_stcn_video_predictor
+    from sam2_video.train.resume_check import check_resume_config
+
+    new = load_config(None, ["dataset.dataset_type=synthetic", "dataset.max_num_objects=3", "model.model=stcn",
+                             "model.image_size=64", "model.stcn.key_backbone=18", "model.stcn.value_dim=32",
+                             "model.stcn.decoder_dim=32", "model.stcn.max_objects=3", "model.stcn.mem_every=2"]).to_dict()
+    flat = {key: value for key, value in new["model"].items() if key != "stcn"}
+    flat.update({f"stcn_{key}": value for key, value in new["model"]["stcn"].items()})
+    model = STCN(STCNConfig(image_size=64, key_backbone=18, value_dim=32, decoder_dim=32, max_objects=3))
+    path = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict(), "config": {**new, "model": flat}}, path)
+
+    predictor = build_stcn_video_predictor(path)
+    assert predictor.config == model.config and predictor.mem_every == 2
+    stored = load_training_checkpoint(path)["config"]
+    assert stored == new
+    assert check_resume_config(stored, new, str(path), allow_changes=False) == []
+    wider = {**new, "model": {**new["model"], "stcn": {**new["model"]["stcn"], "value_dim": 64}}}
+    with pytest.raises(UserInputError, match=r"model.stcn.value_dim: 32 -> 64  \(model change\)"):
+        check_resume_config(stored, wider, str(path), allow_changes=True)

@@ -89,7 +89,7 @@ def test_stcn_predict_needs_an_stcn_training_checkpoint(stcn_demo: Path, tmp_pat
     torch.save({"model": torch.load(stcn_demo / "train" / "last.pt", weights_only=True)["model"]}, exported)
     truncated = tmp_path / "bad_sizes.pt"
     checkpoint = torch.load(stcn_demo / "train" / "last.pt", weights_only=True)
-    checkpoint["config"]["model"]["stcn_value_dim"] = 64
+    checkpoint["config"]["model"]["stcn"]["value_dim"] = 64
     torch.save(checkpoint, truncated)
 
     def predict(*extra: str) -> str:

@@ -8,8 +8,8 @@ import torch
 
 from sam2_video.config import load_config
 from sam2_video.errors import UserInputError
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.train import precision as precision_module
-from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY
 from sam2_video.train.precision import MAX_SKIPPED_STEPS_IN_A_ROW, resolve_precision
 from sam2_video.train.trainer import NonFiniteLossError

@@ -17,7 +17,7 @@ from sam2_video.errors import UserInputError
 from sam2_video.model.sam2_train import FeatureCache, SAM2Model
 from sam2_video.predict.frames import load_video_frames
 from sam2_video.predict.video_predictor import SAM2VideoPredictor
-from sam2_video.train import prompt_sampling
+from sam2_video.model import prompt_sampling
 from sam2_video.train.loss import MultiStepMultiMaskLoss
 from sam2_video.train.validate import validate_sam2
 

@@ -266,9 +266,9 @@ def test_imagenet_resnet_weights_load_through_the_config(tmp_path: Path):
     resnet18 = dict(ResNet(18).state_dict(), **{"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
     weights = tmp_path / "resnet18-f37072fd.pth"
     torch.save(resnet18, weights)
-    base = ["dataset.dataset_type=synthetic", "model.model=stcn", "model.image_size=64", "model.stcn_key_backbone=18"]
-    config = load_config(None, [*base, f"model.stcn_key_resnet_weights={weights}",
-                                f"model.stcn_value_resnet_weights={weights}"])
+    base = ["dataset.dataset_type=synthetic", "model.model=stcn", "model.image_size=64", "model.stcn.key_backbone=18"]
+    config = load_config(None, [*base, f"model.stcn.key_resnet_weights={weights}",
+                                f"model.stcn.value_resnet_weights={weights}"])
     model = build_model(config.model, config.dataset, verbose=False)
     key_net, value_net = model.key_encoder.backbone.state_dict(), model.value_encoder.backbone.state_dict()
     torch.testing.assert_close(key_net["layer3.1.conv2.weight"], resnet18["layer3.1.conv2.weight"])
@@ -276,11 +276,11 @@ def test_imagenet_resnet_weights_load_through_the_config(tmp_path: Path):
     assert not value_net["conv1.weight"][:, 3:].any()  # the mask channels start at zero
 
     with pytest.raises(UserInputError, match=r"resnet18-f37072fd\.pth: ResNet weights lack .* \(wrong depth\?\)"):
-        config = load_config(None, [*base, "model.stcn_key_backbone=50", f"model.stcn_key_resnet_weights={weights}"])
+        config = load_config(None, [*base, "model.stcn.key_backbone=50", f"model.stcn.key_resnet_weights={weights}"])
         build_model(config.model, config.dataset, verbose=False)
     (tmp_path / "notes.pth").write_text("not weights")
     with pytest.raises(UserInputError, match=r"notes\.pth: not a readable PyTorch state dict"):
-        config = load_config(None, [*base, f"model.stcn_value_resnet_weights={tmp_path / 'notes.pth'}"])
+        config = load_config(None, [*base, f"model.stcn.value_resnet_weights={tmp_path / 'notes.pth'}"])
         build_model(config.model, config.dataset, verbose=False)
-    with pytest.raises(UserInputError, match=r"'model.stcn_key_resnet_weights' .*missing.pth is not a file"):
-        load_config(None, [*base, f"model.stcn_key_resnet_weights={tmp_path / 'missing.pth'}"])
+    with pytest.raises(UserInputError, match=r"'model.stcn.key_resnet_weights' .*missing.pth is not a file"):
+        load_config(None, [*base, f"model.stcn.key_resnet_weights={tmp_path / 'missing.pth'}"])

@@ -134,8 +134,8 @@ def test_coco_data_path_that_is_a_folder_is_rejected(tmp_path: Path) -> None:
 def stcn_config(out_dir: Path, epochs: int = 2) -> RunConfig:
     """Tiny STCN (ResNet-18 keys, 64 channels, 64x64 frames) on 2 synthetic videos: 2 steps per epoch."""
     return load_config(None, [
-        "model.model=stcn", "model.image_size=64", "model.stcn_key_backbone=18", "model.stcn_value_dim=64",
-        "model.stcn_decoder_dim=64", "dataset.dataset_type=synthetic", "dataset.synthetic_videos=2",
+        "model.model=stcn", "model.image_size=64", "model.stcn.key_backbone=18", "model.stcn.value_dim=64",
+        "model.stcn.decoder_dim=64", "dataset.dataset_type=synthetic", "dataset.synthetic_videos=2",
         "dataset.synthetic_frames=8", "dataset.video_clip_length=3", "dataset.max_num_objects=2",
         "dataset.batch_size=1", "dataset.num_workers=0", f"train.out_dir={out_dir}", f"train.epochs={epochs}",
         "train.device=cpu", "train.lr=1e-3", "train.checkpoint_every_steps=1", "train.seed=5",

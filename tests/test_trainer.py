@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sam2_video.config import TrainSection
-from sam2_video.train.checkpoint import load_training_checkpoint
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.train.loss import CORE_LOSS_KEY, MultiStepMultiMaskLoss
 from sam2_video.train.metrics_log import read_metrics
 from sam2_video.train.optim import build_param_groups, warmup_cosine_factor

@@ -7,20 +7,13 @@ from typing import Any
 
 import torch
 
+from sam2_video.config import stored_model_section
 from sam2_video.errors import UserInputError
 from sam2_video.model.presets import PRESET_NAMES, sam2_config
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.predict.video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
-
-
-def _run_model_section(checkpoint: Path) -> dict[str, Any] | None:
-    """The `model` section of a training run's checkpoint; None for official/exported weights."""
-    try:
-        content = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler raises many types on a file that is not a checkpoint
-        raise UserInputError(f"--checkpoint {checkpoint}: not a PyTorch checkpoint ({type(err).__name__})") from None
-    config = content.get("config") if isinstance(content, dict) else None
-    section = config.get("model") if isinstance(config, dict) else None
-    return section if isinstance(section, dict) else None
+from sam2_video.train.family import model_family
+from sam2_video.train.sam2_family import SAM2Family
 
 
 def build_predictor(checkpoint: Path | None, preset: str | None, image_size: int | None,
@@ -36,16 +29,16 @@ def build_predictor(checkpoint: Path | None, preset: str | None, image_size: int
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise UserInputError(f"--checkpoint {checkpoint}: file not found")
-        run = _run_model_section(checkpoint)
+        run = stored_model_section(load_training_checkpoint(checkpoint).get("config"), f"--checkpoint {checkpoint}")
         if run is not None:
-            if run.get("model") != "sam2":
-                raise UserInputError(f"--checkpoint {checkpoint}: a {run.get('model')!r} training run; annotate needs "
+            if not isinstance(model_family(run), SAM2Family):
+                raise UserInputError(f"--checkpoint {checkpoint}: a {run.model!r} training run; annotate needs "
                                      "SAM2, which takes clicks and boxes (STCN is prompted by masks only)")
-            if image_size is not None and image_size != run["image_size"]:
-                raise UserInputError(f"--image-size {image_size}: {checkpoint} was trained at {run['image_size']} px; "
+            if image_size is not None and image_size != run.image_size:
+                raise UserInputError(f"--image-size {image_size}: {checkpoint} was trained at {run.image_size} px; "
                                      "leave --image-size out to use it")
-            preset = preset or run["config_path"]
-            image_size, overrides["num_maskmem"] = run["image_size"], run["num_maskmem"]
+            preset = preset or run.config_path
+            image_size, overrides["num_maskmem"] = run.image_size, run.num_maskmem
         elif preset is None:
             try:
                 sam2_config(checkpoint.name)

@@ -23,14 +23,14 @@ from sam2_video.errors import UserInputError
 from sam2_video.model.build import load_checkpoint
 from sam2_video.model.memory_bank import MemoryBank
 from sam2_video.model.presets import SAM2Config, sam2_config
-from sam2_video.model.sam2 import SAM2
-from sam2_video.train.prompt_sampling import (
+from sam2_video.model.prompt_sampling import (
     BOX_BOTTOM_RIGHT_LABEL,
     BOX_TOP_LEFT_LABEL,
     append_points,
     next_click,
     sample_box_points,
 )
+from sam2_video.model.sam2 import SAM2
 
 DEFAULT_TRAINABLE_MODULES: tuple[str, ...] = ("memory_attention", "memory_encoder")
 

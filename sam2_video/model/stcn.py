@@ -12,13 +12,14 @@ Cv = value channels, H x W = image size, h x w = H/16 x W/16.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam2_video.config import STCNSection
 from sam2_video.data.batch import BatchedVideoDatapoint
 from sam2_video.errors import UserInputError
 from sam2_video.model.resnet import ResNet
@@ -40,15 +41,10 @@ class STCNConfig:
     max_objects: int = 20  # objects per video (training clip or tracked video)
 
     @classmethod
-    def from_model_settings(cls, settings: Mapping[str, Any]) -> "STCNConfig":
-        """From a run config's `model:` section (`image_size` and the `stcn_*` keys), as a dict."""
-        return cls(
-            image_size=settings["image_size"],
-            key_backbone=settings["stcn_key_backbone"],
-            value_dim=settings["stcn_value_dim"],
-            decoder_dim=settings["stcn_decoder_dim"],
-            max_objects=settings["stcn_max_objects"],
-        )
+    def from_section(cls, section: STCNSection, image_size: int) -> "STCNConfig":
+        """From a run config's `model.stcn` section and `model.image_size`."""
+        return cls(image_size=image_size, key_backbone=section.key_backbone, value_dim=section.value_dim,
+                   decoder_dim=section.decoder_dim, max_objects=section.max_objects)
 
     def __post_init__(self) -> None:
         if self.image_size % 16 != 0 or self.image_size < 32:

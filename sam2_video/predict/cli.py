@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from sam2_video.config import MODEL_KINDS
 from sam2_video.device import resolve_device
 from sam2_video.errors import UserInputError
 from sam2_video.io import check_not_inside_inputs, check_output_file, check_output_folder
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", required=True, help="a folder of JPEG/PNG frames, a video file (.mp4/.avi/.mov/"
                         ".mkv), or a live source PyAV can open (rtsp://..., /dev/video0), tracked as it streams")
     parser.add_argument("--out", required=True, type=Path, help="folder for the palettized mask PNGs")
-    parser.add_argument("--model", choices=("sam2", "stcn"), default="sam2")
+    parser.add_argument("--model", choices=MODEL_KINDS, default="sam2")
     parser.add_argument("--config", help="SAM2 preset, e.g. sam2.1_hiera_t (default: from the checkpoint's file name)")
     parser.add_argument("--checkpoint", type=Path, help="sam2: an official SAM2/SAM2.1 checkpoint or an exported "
                         "one (without it the weights are random); stcn: last.pt or best.pt of an STCN training run")

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam2_video.config import stored_model_section
 from sam2_video.errors import UserInputError
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.model.stcn import STCN, KeyFeatures, STCNConfig, aggregate, get_affinity
-from sam2_video.predict.video_frames import open_video_frames
 from sam2_video.predict.input_checks import check_frame_idx, check_mask, check_obj_id
-from sam2_video.train.checkpoint import load_training_checkpoint
+from sam2_video.predict.video_frames import open_video_frames
 
 # mask score of an object that has no output on a frame (the SAM2 predictor's placeholder value)
 NO_OBJ_SCORE = -1024.0
@@ -105,7 +106,7 @@ class STCNVideoPredictor:
                 raise UserInputError(
                     f"object {obj_id} on frame {frame_idx} of {state['video_path']} would be object number "
                     f"{len(state['obj_ids']) + 1}, but STCN is configured for at most {self.config.max_objects} "
-                    "objects per video (model max_objects)"
+                    "objects per video (model.stcn.max_objects)"
                 )
             state["obj_id_to_idx"][obj_id] = len(state["obj_ids"])
             state["obj_ids"].append(obj_id)
@@ -226,7 +227,7 @@ def build_stcn_video_predictor(
     checkpoint: str | os.PathLike | None, device: str = "cpu", image_size: int | None = None
 ) -> STCNVideoPredictor:
     """An `STCNVideoPredictor` on the weights of an STCN training checkpoint (`last.pt` / `best.pt` of
-    `sam2-video train` with `model: stcn`), whose stored config gives the sizes and `stcn_mem_every`.
+    `sam2-video train` with `model: stcn`), whose stored config gives the sizes and `model.stcn.mem_every`.
 
     `image_size` (a multiple of 16) replaces the trained size; memory and decoder work at any size.
     """
@@ -236,20 +237,15 @@ def build_stcn_video_predictor(
             "of `sam2-video train` with model: stcn; --checkpoint on the command line)"
         )
     loaded = load_training_checkpoint(checkpoint)
-    model_config = (loaded.get("config") or {}).get("model") or {}
-    if model_config.get("model") != "stcn":
-        kind = model_config.get("model", "no model config (exported weights?)")
+    section = stored_model_section(loaded.get("config"), str(checkpoint))
+    if section is None or section.model != "stcn":
+        kind = "no run config (exported weights?)" if section is None else section.model
         raise UserInputError(
             f"{checkpoint}: not an STCN training checkpoint (it holds {kind}); give last.pt or best.pt "
             "of a `sam2-video train` run with model: stcn"
         )
-    if image_size is not None:
-        model_config = dict(model_config, image_size=image_size)
     try:
-        config = STCNConfig.from_model_settings(model_config)
-        mem_every = model_config["stcn_mem_every"]
-    except KeyError as err:
-        raise UserInputError(f"{checkpoint}: its config lacks the STCN setting {err}") from None
+        config = STCNConfig.from_section(section.stcn, image_size if image_size is not None else section.image_size)
     except ValueError as err:
         raise UserInputError(f"{checkpoint}: {err}") from None
     model = STCN(config)
@@ -262,7 +258,7 @@ def build_stcn_video_predictor(
             f"{checkpoint}: its weights do not match the STCN its config describes: missing "
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-    return STCNVideoPredictor(model.to(device), mem_every=mem_every)
+    return STCNVideoPredictor(model.to(device), mem_every=section.stcn.mem_every)
 
 
 def _check_frame_idx(state: InferenceState, frame_idx: Any, what: str = "frame_idx") -> int:

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes, loading with clear errors, and the RNG states for exact resume.
+"""Training checkpoints: atomic writes, restoring the optimizer, and the RNG states for exact resume
+(reading one is `sam2_video.model.run_checkpoint`'s, as predict/ reads them too).
 
 A training checkpoint (`last.pt`, `best.pt`) is a dict with keys
 `model` (full state dict), `optimizer`, `scheduler`, `epoch` (epochs finished),
@@ -12,16 +13,14 @@ and its `model` entry is the official SAM2 format.
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path
+from sam2_video.model.run_checkpoint import load_training_checkpoint  # noqa: F401  (the trainer loads through here)
 
 CHECKPOINT_FORMAT = "sam2_video.train/1"
 
@@ -30,20 +29,6 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write `payload` with torch.save so that `path` is either the old file or the complete new one."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; raise `UserInputError` if it is missing or not a checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise UserInputError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise UserInputError(f"{path}: expected a checkpoint dict with a 'model' entry")
-    return checkpoint
 
 
 def restore_optimizer(checkpoint: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: LambdaLR) -> None:

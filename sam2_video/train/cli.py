@@ -9,45 +9,38 @@ runs this; the process group is set up here (NCCL on GPUs, gloo on CPUs).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
 
-from sam2_video.config import (
-    CHECKPOINTABLE_MODULES, DataSection, ModelSection, RunConfig, load_config, recipe_prompt_probabilities,
-)
+from sam2_video.config import CHECKPOINTABLE_MODULES, DataSection, ModelSection, RunConfig, load_config
 from sam2_video.data import (
     ClipDataset,
     ClipTransform,
     COCOVideoDataset,
     SAVJsonDataset,
     PromptGenerator,
-    SAM2ClipSampler,
-    STCNClipSampler,
     SyntheticVideoDataset,
     VideoDataset,
     VOSFolderDataset,
     collate_fn,
-    stcn_max_jump,
 )
 from sam2_video.data.loader import distributed_rank_and_size
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path, check_output_folder
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.rng import seed_everything
-from sam2_video.train.checkpoint import load_training_checkpoint
-from sam2_video.train.loss import LossWeights, MultiStepMultiMaskLoss
+from sam2_video.train.family import model_family
 from sam2_video.train.resume_check import check_resume_config
 from sam2_video.train.run_lock import RunLock, remove_partial_writes
-from sam2_video.train.stcn_loss import STCNLoss
 from sam2_video.train.trainer import (
     LossFn,
     NonFiniteLossError,
@@ -55,16 +48,6 @@ from sam2_video.train.trainer import (
     TrainResult,
     Validator,
     optimizer_steps_per_epoch,
-)
-
-# ModelSection fields handed to SAM2Model as training-recipe options when set
-SAM2_RECIPE_FIELDS = (
-    "prob_to_use_pt_input_for_train",
-    "prob_to_use_box_input_for_train",
-    "num_init_cond_frames_for_train",
-    "num_frames_to_correct_for_train",
-    "num_correction_pt_per_frame",
-    "prob_to_sample_from_gt_for_train",
 )
 
 
@@ -88,12 +71,8 @@ def build_train_dataset(config: RunConfig) -> ClipDataset:
     `annotations_path`); video, the folder of frame folders (objects generated on the frames).
     """
     data, model = config.dataset, config.model
-    if model.model == "sam2":
-        clip_sampler = SAM2ClipSampler(num_frames=data.video_clip_length, max_num_objects=data.max_num_objects)
-    else:
-        clip_sampler = STCNClipSampler(num_frames=data.video_clip_length, max_num_objects=data.max_num_objects)
     common: dict[str, Any] = dict(
-        clip_sampler=clip_sampler,
+        clip_sampler=model_family(model).clip_sampler(data),
         transform=ClipTransform.sam2_training(model.image_size) if data.augment else ClipTransform(model.image_size),
         prompt_generator=PromptGenerator(
             prompt_types=data.prompt_types,
@@ -120,66 +99,12 @@ def build_train_dataset(config: RunConfig) -> ClipDataset:
 
 def build_model(model_section: ModelSection, data: DataSection, verbose: bool) -> nn.Module:
     """SAM2Model (official training forward, selective training) or STCN, on the CPU."""
-    if model_section.model == "stcn":
-        from sam2_video.model.stcn import STCN, STCNConfig
-
-        stcn = STCN(STCNConfig.from_model_settings(dataclasses.asdict(model_section)))
-        for path, load in [
-            (model_section.stcn_key_resnet_weights, lambda weights: stcn.load_backbone_weights(key_resnet=weights)),
-            (model_section.stcn_value_resnet_weights, lambda weights: stcn.load_backbone_weights(value_resnet18=weights)),
-        ]:
-            if path is not None:
-                _load_resnet_weights(path, load)
-        return stcn
-    from sam2_video.model.sam2_train import SAM2Model
-
-    recipe = recipe_prompt_probabilities(data.prompt_types)
-    recipe.update({name: getattr(model_section, name) for name in SAM2_RECIPE_FIELDS
-                   if getattr(model_section, name) is not None})
-    return SAM2Model(
-        checkpoint_path=model_section.checkpoint_path,
-        config_path=model_section.config_path,
-        trainable_modules=model_section.trainable_modules,
-        device="cpu",
-        image_size=model_section.image_size,
-        num_maskmem=model_section.num_maskmem,
-        feature_cache_frames=model_section.feature_cache_frames,
-        explicit_prompts=data.explicit_prompts,
-        verbose=verbose,
-        **recipe,
-    )
-
-
-def _load_resnet_weights(path: str, load: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    """torch.load a torchvision ResNet state dict and `load` it; errors name the file."""
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several kinds for files that are not state dicts
-        raise UserInputError(f"{path}: not a readable PyTorch state dict ({err})") from None
-    if isinstance(weights, dict) and "state_dict" in weights:
-        weights = weights["state_dict"]
-    if not isinstance(weights, dict):
-        raise UserInputError(f"{path}: expected a torchvision ResNet state dict, found {type(weights).__name__}")
-    try:
-        load(weights)
-    except ValueError as err:
-        raise UserInputError(f"{path}: {err}") from None
+    return model_family(model_section).build_model(data, verbose)
 
 
 def build_loss(config: RunConfig, total_steps: int) -> LossFn:
-    """`loss(outputs, batch)` for the model kind: the SAM2 multi-step loss or STCN's bootstrapped CE
-    (its warm-up placed over `total_steps` optimizer steps; give the trainer `on_step_start=loss.set_step`)."""
-    if config.model.model == "stcn":
-        return STCNLoss.for_total_steps(total_steps)
-    train = config.train
-    loss = MultiStepMultiMaskLoss(
-        LossWeights(train.loss_mask_weight, train.loss_dice_weight, train.loss_iou_weight, train.loss_class_weight),
-        focal_alpha=train.focal_alpha,
-        focal_gamma=train.focal_gamma,
-        supervise_all_iou=train.supervise_all_iou,
-        iou_use_l1_loss=train.iou_use_l1_loss,
-    )
-    return lambda outputs, batch: loss(outputs, batch.masks, batch.object_frame_is_padding)
+    """`loss(outputs, batch)` of the model's recipe over `total_steps` optimizer steps."""
+    return model_family(config.model).build_loss(config.train, total_steps)
 
 
 def build_validator(config: RunConfig) -> Validator | None:
@@ -189,17 +114,7 @@ def build_validator(config: RunConfig) -> Validator | None:
     `out_dir/<video>/<frame>.png` when given (the trainer passes only the model).
     """
     val_root = config.dataset.val_data_path
-    if val_root is None:
-        return None
-    if config.model.model == "stcn":
-        from sam2_video.train.validate import validate_stcn
-
-        mem_every = config.model.stcn_mem_every
-        return lambda model, out_dir=None: validate_stcn(model, val_root, mem_every=mem_every, out_dir=out_dir)
-    from sam2_video.train.validate import validate_sam2
-
-    image_size = config.model.image_size
-    return lambda model, out_dir=None: validate_sam2(model, val_root, image_size, out_dir=out_dir)
+    return None if val_root is None else model_family(config.model).build_validator(val_root)
 
 
 def _init_distributed() -> bool:
@@ -214,37 +129,23 @@ def _init_distributed() -> bool:
     return True
 
 
-def stcn_max_jump_curriculum(clip_sampler: STCNClipSampler, epochs: int) -> Callable[[int], None]:
-    """Per-epoch hook: `clip_sampler.max_jump = stcn_max_jump(epoch / epochs)`."""
-
-    def set_max_jump(epoch: int) -> None:
-        clip_sampler.max_jump = stcn_max_jump(epoch / epochs)
-
-    return set_max_jump
-
-
 def build_trainer(config: RunConfig, validate: Validator | None = None) -> Trainer:
-    """Dataset, model, loss, validator and the STCN schedules wired into a `Trainer`.
+    """Dataset, model, loss, validator and the recipe's schedules wired into a `Trainer`.
 
     `validate` replaces the validator built from `dataset.val_data_path`.
     """
     rank, world_size = distributed_rank_and_size()
     seed_everything(config.train.seed)  # identical initial weights on every rank
+    family = model_family(config.model)
     dataset = build_train_dataset(config)
-    model = build_model(config.model, config.dataset, verbose=rank == 0)
+    model = family.build_model(config.dataset, verbose=rank == 0)
     checkpointing = config.train.activation_checkpointing
     if checkpointing:
         model.set_activation_checkpointing(CHECKPOINTABLE_MODULES if checkpointing is True else checkpointing)
     steps = config.train.epochs * optimizer_steps_per_epoch(
         len(dataset), config.dataset.batch_size, config.train.grad_accumulation, world_size
     )
-    loss = build_loss(config, steps)
-    stcn_hooks: dict[str, Callable[[int], None]] = {}
-    if isinstance(loss, STCNLoss):
-        stcn_hooks = dict(
-            on_epoch_start=stcn_max_jump_curriculum(dataset.clip_sampler, config.train.epochs),
-            on_step_start=loss.set_step,
-        )
+    loss = family.build_loss(config.train, steps)
     return Trainer(
         model,
         loss,
@@ -256,7 +157,7 @@ def build_trainer(config: RunConfig, validate: Validator | None = None) -> Train
         collate_fn=collate_fn,
         validate=validate if validate is not None else build_validator(config),
         run_config=config.to_dict(),
-        **stcn_hooks,
+        **family.trainer_hooks(dataset, loss, config.train.epochs),
     )
 
 

@@ -14,10 +14,14 @@ from typing import Any
 
 import torch
 
+from sam2_video.config import stored_model_section
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path, check_output_file
 from sam2_video.model.build import _describe
 from sam2_video.model.presets import PRESET_NAMES, SAM2Config, sam2_config
+from sam2_video.model.run_checkpoint import load_training_checkpoint
+from sam2_video.train.family import model_family
+from sam2_video.train.sam2_family import SAM2Family
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,13 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(path: Path) -> dict[str, Any]:
     """The checkpoint dict at `path`; a UserInputError naming the file if it is not one."""
-    if not path.is_file():
-        raise UserInputError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler raises many types (KeyError, IndexError, ...) on other files
-        raise UserInputError(f"{path}: not a PyTorch checkpoint (torch.load failed: {type(err).__name__})") from None
-    model = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    checkpoint = load_training_checkpoint(path)
+    model = checkpoint["model"]
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise UserInputError(f"{path}: not a checkpoint: expected a dict whose 'model' entry is a state dict of tensors")
     return checkpoint
@@ -64,17 +63,16 @@ def _summary(differences: dict[str, list[str]]) -> str:
 def _check_sam2_weights(checkpoint: dict[str, Any], source: Path) -> None:
     """Refuse `checkpoint` unless its weights have the keys and shapes of SAM2: of its run's preset for a
     training checkpoint, of some preset otherwise. The message names the mismatch."""
-    config = checkpoint.get("config")
-    model_config = config.get("model") if isinstance(config, dict) else None
+    run = stored_model_section(checkpoint.get("config"), str(source))
     state_dict = checkpoint["model"]
-    if isinstance(model_config, dict):
-        if model_config.get("model") != "sam2":
+    if run is not None:
+        family = model_family(run)
+        if not isinstance(family, SAM2Family):
             raise UserInputError(
-                f"{source}: a {model_config.get('model')!r} training checkpoint, not SAM2: export writes official "
+                f"{source}: a {run.model!r} training checkpoint, not SAM2: export writes official "
                 "SAM2 checkpoints only (predict --model stcn takes an STCN run's last.pt or best.pt as it is)"
             )
-        sam2 = sam2_config(model_config["config_path"], image_size=model_config["image_size"],
-                           num_maskmem=model_config["num_maskmem"])
+        sam2 = family.sam2_config()
         differences = _differences(state_dict, sam2)
         if differences:
             raise UserInputError(f"{source}: its weights do not match {sam2.name}, the preset of its run: "

@@ -1,7 +1,7 @@
 """What may change between a run and its `--resume`.
 
-The resumed run config is compared key by key (`section.key`) with the `config` entry of the
-checkpoint. Model changes (preset, sizes, trainable modules, ...) never resume: the weights and
+The resumed run config is compared key by key (`section.key`, `model.stcn.key`) with the `config`
+entry of the checkpoint (read through `load_training_checkpoint`, so an older run's is in today's shape). Model changes (preset, sizes, trainable modules, ...) never resume: the weights and
 optimizer state belong to the old model. Data and schedule changes (paths, learning rates, loss
 weights, ...) need `--allow-changes`. `train.epochs` may grow, and settings that change neither the
 weights nor the clips (loader workers, device, logging and validation cadence) are free.
@@ -19,21 +19,24 @@ FREE_KEYS = frozenset({
 })
 # model-section keys that set the starting weights or the training recipe, not the network
 MODEL_RECIPE_KEYS = frozenset({
-    "model.checkpoint_path", "model.stcn_key_resnet_weights", "model.stcn_value_resnet_weights",
+    "model.checkpoint_path", "model.stcn.key_resnet_weights", "model.stcn.value_resnet_weights",
     "model.prob_to_use_pt_input_for_train", "model.prob_to_use_box_input_for_train",
     "model.num_init_cond_frames_for_train", "model.num_frames_to_correct_for_train",
-    "model.num_correction_pt_per_frame", "model.prob_to_sample_from_gt_for_train", "model.stcn_mem_every",
+    "model.num_correction_pt_per_frame", "model.prob_to_sample_from_gt_for_train", "model.stcn.mem_every",
 })
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(`section.key`, old, new) for every value that differs; keys the old config lacks are skipped."""
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(`section.key`, old, new) for every value that differs, sub-sections (`model.stcn`) key by key;
+    keys the old config lacks are skipped."""
     differences = []
-    for section, values in new.items():
-        old_values = old.get(section, {})
-        for key, value in values.items():
-            if key in old_values and old_values[key] != value:
-                differences.append((f"{section}.{key}", old_values[key], value))
+    for key, value in new.items():
+        if key not in old:
+            continue
+        if isinstance(value, dict) and isinstance(old[key], dict):
+            differences += config_differences(old[key], value, f"{prefix}{key}.")
+        elif old[key] != value:
+            differences.append((f"{prefix}{key}", old[key], value))
     return differences
 
 
