@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sam2_video.config import ModelSection, RunConfig
+from sam2_video.config import ModelSection, RunConfig, STCNSection
 from sam2_video.data.batch import VideoClip, collate_fn
 from sam2_video.model.sam2_train import SAM2Model
 from sam2_video.train.cli import build_loss, build_model
@@ -54,8 +54,8 @@ def test_padded_frames_change_neither_loss_nor_gradients(kind: str) -> None:
                                                   "memory_attention", "memory_encoder", "obj_ptr_proj"])
         clips = [_clip("long", 6, 0), _clip("short", 3, 1)]  # the short clip's frames 3..5 are padding
     else:
-        section = ModelSection(model="stcn", image_size=SIZE, stcn_key_backbone=18, stcn_value_dim=32,
-                               stcn_decoder_dim=32, trainable_modules=[])
+        section = ModelSection(model="stcn", image_size=SIZE, trainable_modules=[],
+                               stcn=STCNSection(key_backbone=18, value_dim=32, decoder_dim=32))
         clips = [_clip("long", 3, 0), _clip("short", 2, 1)]  # the short clip's frame 2 is padding
     config = RunConfig(model=section)
     torch.manual_seed(0)
