@@ -94,7 +94,21 @@ class ModelSection:
     num_frames_to_correct_for_train: int | None = None
     num_correction_pt_per_frame: int | None = None
     prob_to_sample_from_gt_for_train: float | None = None
+    # Tracked frames (no prompt): the official SAM2 decodes three candidate masks and keeps the one
+    # its IoU head scores highest, which needs a trained IoU head. Trained from random weights, that
+    # head collapses to predicting ~0 for every candidate, so the kept mask (and the memory built
+    # from it) is close to a random pick. false decodes one mask, the one the loss trains. None keeps
+    # the preset's (official: true). Part of the architecture: predict and annotate read it from the
+    # run's checkpoint; the official predictor needs the same setting in its config.
+    multimask_output_for_tracking: bool | None = None
     stcn: STCNSection = field(default_factory=STCNSection)
+
+    def sam2_overrides(self) -> dict[str, Any]:
+        """SAM2Config fields this section sets on top of its preset (besides the image size)."""
+        overrides: dict[str, Any] = {"num_maskmem": self.num_maskmem}
+        if self.multimask_output_for_tracking is not None:
+            overrides["multimask_output_for_tracking"] = self.multimask_output_for_tracking
+        return overrides
 
 
 @dataclass

@@ -38,7 +38,8 @@ def build_predictor(checkpoint: Path | None, preset: str | None, image_size: int
                 raise UserInputError(f"--image-size {image_size}: {checkpoint} was trained at {run.image_size} px; "
                                      "leave --image-size out to use it")
             preset = preset or run.config_path
-            image_size, overrides["num_maskmem"] = run.image_size, run.num_maskmem
+            image_size = run.image_size
+            overrides.update(run.sam2_overrides())
         elif preset is None:
             try:
                 sam2_config(checkpoint.name)

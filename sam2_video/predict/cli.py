@@ -16,11 +16,12 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sam2_video.config import MODEL_KINDS
+from sam2_video.config import MODEL_KINDS, stored_model_section
 from sam2_video.device import resolve_device
 from sam2_video.errors import UserInputError
 from sam2_video.io import check_not_inside_inputs, check_output_file, check_output_folder
 from sam2_video.model.presets import PRESET_NAMES, sam2_config
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.predict.masks_io import write_overlay_video, write_palette_png
 from sam2_video.predict.tracking import (
     Prompt,
@@ -75,10 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ".mkv), or a live source PyAV can open (rtsp://..., /dev/video0), tracked as it streams")
     parser.add_argument("--out", required=True, type=Path, help="folder for the palettized mask PNGs")
     parser.add_argument("--model", choices=MODEL_KINDS, default="sam2")
-    parser.add_argument("--config", help="SAM2 preset, e.g. sam2.1_hiera_t (default: from the checkpoint's file name)")
-    parser.add_argument("--checkpoint", type=Path, help="sam2: an official SAM2/SAM2.1 checkpoint or an exported "
-                        "one (without it the weights are random); stcn: last.pt or best.pt of an STCN training run")
-    parser.add_argument("--image-size", type=int, help="model input size (default: the preset's; stcn: the trained one)")
+    parser.add_argument("--config", help="SAM2 preset, e.g. sam2.1_hiera_t (default: the training run's, or the one "
+                        "the checkpoint's file name spells)")
+    parser.add_argument("--checkpoint", type=Path, help="sam2: an official SAM2/SAM2.1 checkpoint, an exported one or a "
+                        "training run's last.pt/best.pt (built as the run was); without it the weights are random; "
+                        "stcn: last.pt or best.pt of an STCN training run")
+    parser.add_argument("--image-size", type=int, help="model input size (default: the training run's, else the preset's)")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--mask", type=Path, help="first-frame mask PNG (palette ids, or 0/255 for one object)")
     prompt.add_argument("--annotations", type=Path,
@@ -125,13 +128,21 @@ def build_predictor(args: argparse.Namespace) -> VideoPredictor:
         return build_stcn_video_predictor(checkpoint=args.checkpoint, device=device, image_size=args.image_size)
     from sam2_video.predict.video_predictor import build_sam2_video_predictor
 
-    config = _sam2_preset(args)
+    run = None
+    if args.checkpoint is not None:  # a training run's last.pt / best.pt says how it was built
+        run = stored_model_section(load_training_checkpoint(args.checkpoint).get("config"),
+                                   f"--checkpoint {args.checkpoint}")
+    if run is not None and run.model != args.model:
+        raise UserInputError(f"--checkpoint {args.checkpoint}: a {run.model!r} training run; pass --model {run.model}")
+    config = args.config or run.config_path if run is not None else _sam2_preset(args)
+    image_size = args.image_size if args.image_size is not None or run is None else run.image_size
+    overrides = {} if run is None else run.sam2_overrides()
     if args.checkpoint is None:
         print(f"warning: no --checkpoint: {config} gets random weights, so the masks will be meaningless "
               "(give official SAM2/SAM2.1 weights with --checkpoint)", file=sys.stderr)
     try:
         return build_sam2_video_predictor(config, checkpoint=args.checkpoint, device=device,
-                                          image_size=args.image_size, dtype=args.dtype)
+                                          image_size=image_size, dtype=args.dtype, **overrides)
     except ValueError as err:
         if isinstance(err, UserInputError):
             raise

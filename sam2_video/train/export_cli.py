@@ -9,6 +9,7 @@ so a file that would not load as SAM2 is never written.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,4 +106,9 @@ def export_weights(checkpoint_path: str | Path, output_path: str | Path) -> Path
 def run(args: argparse.Namespace) -> int:
     output = export_weights(args.checkpoint, args.output)
     print(f"wrote {output}: model weights only, official SAM2 format {{'model': state_dict}}")
+    run_section = stored_model_section(load_training_checkpoint(args.checkpoint).get("config"), str(args.checkpoint))
+    if run_section is not None and run_section.multimask_output_for_tracking is False:
+        print("note: this run tracked with one mask per frame (model.multimask_output_for_tracking: false); give the "
+              "official predictor the same, e.g. hydra override ++model.multimask_output_for_tracking=false",
+              file=sys.stderr)
     return 0

@@ -29,8 +29,7 @@ class SAM2Family:
 
     def sam2_config(self) -> SAM2Config:
         """The architecture the run trains (its preset at its image and memory size)."""
-        return sam2_config(self.model.config_path, image_size=self.model.image_size,
-                           num_maskmem=self.model.num_maskmem)
+        return sam2_config(self.model.config_path, image_size=self.model.image_size, **self.model.sam2_overrides())
 
     def build_model(self, data: DataSection, verbose: bool) -> SAM2Model:
         recipe = recipe_prompt_probabilities(data.prompt_types)
@@ -42,10 +41,10 @@ class SAM2Family:
             trainable_modules=self.model.trainable_modules,
             device="cpu",
             image_size=self.model.image_size,
-            num_maskmem=self.model.num_maskmem,
             feature_cache_frames=self.model.feature_cache_frames,
             explicit_prompts=data.explicit_prompts,
             verbose=verbose,
+            **self.model.sam2_overrides(),
             **recipe,
         )
 

@@ -1,0 +1,68 @@
+"""A training run's checkpoint carries how the model was built: `predict` and `annotate` rebuild it
+from there (preset, image size, memory size, one-mask tracking), and `export` says what the official
+predictor then needs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam2_video.annotate.model import build_predictor as build_annotate_predictor
+from sam2_video.config import ModelSection, RunConfig
+from sam2_video.errors import UserInputError
+from sam2_video.predict import cli as predict_cli
+from sam2_video.predict.masks_io import read_mask_png, write_palette_png
+from sam2_video.train import export_cli
+from sam2_video.train.cli import build_model
+from test_predict_cli import square, write_frames
+
+
+def write_run_checkpoint(path: Path, **model_settings) -> Path:
+    """last.pt of a SAM2 run (random weights) whose stored config has `model_settings`."""
+    config = RunConfig(model=ModelSection(config_path="sam2.1_tiny_test", image_size=64, num_maskmem=5,
+                                          trainable_modules=["memory_attention"], **model_settings))
+    model = build_model(config.model, config.dataset, verbose=False)
+    torch.save({"model": model.state_dict(), "config": config.to_dict(), "step": 1}, path)
+    return path
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    predict_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("one_mask", [False, True])
+def test_predict_and_annotate_rebuild_the_run_from_its_checkpoint(tmp_path: Path, one_mask: bool) -> None:
+    checkpoint = write_run_checkpoint(tmp_path / "last.pt", multimask_output_for_tracking=False if one_mask else None)
+    frames = write_frames(tmp_path / "frames", 3)
+    write_palette_png(tmp_path / "mask.png", square(10, 10, 16).astype("uint8"))
+    args = parse(["--video", str(frames), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                  "--mask", str(tmp_path / "mask.png")])
+    for predictor in (predict_cli.build_predictor(args),
+                      build_annotate_predictor(checkpoint, None, None, torch.device("cpu"))):
+        config = predictor.model.config
+        assert (config.name, config.image_size, config.num_maskmem) == ("sam2.1_tiny_test", 64, 5)
+        assert config.multimask_output_for_tracking is (not one_mask)
+    # the file name names no preset and no --config / --image-size is given: the run's settings are used
+    assert predict_cli.run(args) == 0
+    assert [read_mask_png(p).shape for p in sorted((tmp_path / "out").glob("*.png"))] == [(48, 64)] * 3
+
+
+def test_predict_refuses_a_run_of_the_other_model_kind(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"model": {}, "config": RunConfig(model=ModelSection(model="stcn")).to_dict()}, checkpoint)
+    args = parse(["--video", str(write_frames(tmp_path / "frames", 2)), "--out", str(tmp_path / "out"),
+                  "--checkpoint", str(checkpoint), "--mask", str(tmp_path / "mask.png")])
+    with pytest.raises(UserInputError, match="a 'stcn' training run; pass --model stcn"):
+        predict_cli.build_predictor(args)
+
+
+def test_export_of_a_one_mask_run_says_what_the_official_predictor_needs(tmp_path: Path, capsys) -> None:
+    checkpoint = write_run_checkpoint(tmp_path / "last.pt", multimask_output_for_tracking=False)
+    args = argparse.Namespace(checkpoint=checkpoint, output=tmp_path / "exported.pt")
+    assert export_cli.run(args) == 0
+    assert "++model.multimask_output_for_tracking=false" in capsys.readouterr().err
+    assert set(torch.load(tmp_path / "exported.pt")) == {"model"}
