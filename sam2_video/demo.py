@@ -33,16 +33,11 @@ SAM2_TRAINABLE_MODULES = [
 ]
 
 
-# SAM2 learns its memory path slowly and keeps improving over 16 epochs; STCN is done after 8
-DEFAULT_EPOCHS = {"sam2": 16, "stcn": 8}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (must be new or empty)")
     parser.add_argument("--model", choices=("sam2", "stcn"), default="sam2",
                         help="sam2: the tiny SAM2.1 preset; stcn: the STCN baseline (ResNet-18 keys)")
-    parser.add_argument("--epochs", type=int, help=f"training epochs over the generated videos (default: sam2 "
-                        f"{DEFAULT_EPOCHS['sam2']}, stcn {DEFAULT_EPOCHS['stcn']})")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs over the generated videos")
     parser.add_argument("--train-videos", type=int, default=96)
     parser.add_argument("--val-videos", type=int, default=8)
     parser.add_argument("--frames", type=int, default=16, help="frames per generated video")
@@ -52,8 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse out-of-range flags before anything is written; the message names the flag and the range."""
-    if args.epochs is None:
-        args.epochs = DEFAULT_EPOCHS[args.model]
     minimums = [("--epochs", args.epochs, 1, "training epochs"),
                 ("--train-videos", args.train_videos, 2, "one optimizer step takes 2 clips"),
                 ("--val-videos", args.val_videos, 1, "held-out videos to score"),
