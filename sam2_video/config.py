@@ -101,13 +101,19 @@ class ModelSection:
     # the preset's (official: true). Part of the architecture: predict and annotate read it from the
     # run's checkpoint; the official predictor needs the same setting in its config.
     multimask_output_for_tracking: bool | None = None
+    # In evaluation only, the official SAM2 swaps a single decoded mask whose stability score is low
+    # for the best of the three candidates. With multimask_output_for_tracking false those candidates
+    # are never trained on tracked frames, so the swap puts untrained masks into validation and
+    # prediction (held-out J 0.09 where the training forward had 0.49): it must be false then.
+    dynamic_multimask_via_stability: bool | None = None
     stcn: STCNSection = field(default_factory=STCNSection)
 
     def sam2_overrides(self) -> dict[str, Any]:
         """SAM2Config fields this section sets on top of its preset (besides the image size)."""
         overrides: dict[str, Any] = {"num_maskmem": self.num_maskmem}
-        if self.multimask_output_for_tracking is not None:
-            overrides["multimask_output_for_tracking"] = self.multimask_output_for_tracking
+        for name in ("multimask_output_for_tracking", "dynamic_multimask_via_stability"):
+            if getattr(self, name) is not None:
+                overrides[name] = getattr(self, name)
         return overrides
 
 
@@ -413,6 +419,11 @@ def _check_sam2(config: RunConfig, source: str) -> None:
         _check_choice(source, "train.activation_checkpointing", name, CHECKPOINTABLE_MODULES)
     if not config.model.trainable_modules:
         raise UserInputError(f"{source}: 'model.trainable_modules' is empty; name at least one module to train")
+    if config.model.multimask_output_for_tracking is False and config.model.dynamic_multimask_via_stability is not False:
+        raise UserInputError(
+            f"{source}: 'model.multimask_output_for_tracking: false' needs 'model.dynamic_multimask_via_stability: "
+            "false': in evaluation SAM2 would swap unstable masks for candidates that one-mask training never trains"
+        )
 
 
 def _check_stcn(config: RunConfig, source: str) -> None:

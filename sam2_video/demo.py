@@ -67,12 +67,13 @@ def demo_config(args: argparse.Namespace, out: Path, train_root: Path, val_root:
         # Why these (benchmarks/sam2_training_diagnosis.py on earlier demo runs, README "What the demo shows"):
         # - one decoded mask on tracked frames: from random weights the IoU head collapses to ~0 for all
         #   three candidates, so the official pick-of-three kept a near-random mask (J 0.42 where the best
-        #   candidate had 0.78) and the memory built from it was noise the tracker learned to ignore;
+        #   candidate had 0.78) and the memory built from it was noise the tracker learned to ignore; and
+        #   no evaluation-time swap to those candidates, which one-mask training leaves untrained;
         # - mask prompts only: held-out videos are prompted with masks, the tracked frames' loss did not
         #   depend on the first prompt's kind, and a click or box frame costs 8 decoder passes of corrections.
         model = ModelSection(model="sam2", config_path="sam2.1_tiny_test", image_size=args.image_size,
                              trainable_modules=SAM2_TRAINABLE_MODULES, multimask_output_for_tracking=False,
-                             prob_to_use_pt_input_for_train=0.0)
+                             dynamic_multimask_via_stability=False, prob_to_use_pt_input_for_train=0.0)
     else:
         model = ModelSection(model="stcn", image_size=args.image_size, trainable_modules=[],
                              stcn=STCNSection(key_backbone=18, value_dim=128, decoder_dim=64))

@@ -34,6 +34,7 @@ TINY = [
     "model.trainable_modules=[memory_attention,memory_encoder,sam_mask_decoder]", "train.epochs=1",
     # the official recipe and tracking (not the demo's): the NaN case below diverges on its clicks
     "model.prob_to_use_pt_input_for_train=null", "model.multimask_output_for_tracking=null",
+    "model.dynamic_multimask_via_stability=null",
 ]
 READ_ONLY = Path("/sys/sam2_video_test/run")  # not writable even for root
 

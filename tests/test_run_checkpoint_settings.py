@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sam2_video.annotate.model import build_predictor as build_annotate_predictor
-from sam2_video.config import ModelSection, RunConfig
+from sam2_video.config import ModelSection, RunConfig, load_config
 from sam2_video.errors import UserInputError
 from sam2_video.predict import cli as predict_cli
 from sam2_video.predict.masks_io import read_mask_png, write_palette_png
@@ -36,7 +36,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 @pytest.mark.parametrize("one_mask", [False, True])
 def test_predict_and_annotate_rebuild_the_run_from_its_checkpoint(tmp_path: Path, one_mask: bool) -> None:
-    checkpoint = write_run_checkpoint(tmp_path / "last.pt", multimask_output_for_tracking=False if one_mask else None)
+    one_mask_settings = dict(multimask_output_for_tracking=False, dynamic_multimask_via_stability=False)
+    checkpoint = write_run_checkpoint(tmp_path / "last.pt", **(one_mask_settings if one_mask else {}))
     frames = write_frames(tmp_path / "frames", 3)
     write_palette_png(tmp_path / "mask.png", square(10, 10, 16).astype("uint8"))
     args = parse(["--video", str(frames), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
@@ -46,6 +47,7 @@ def test_predict_and_annotate_rebuild_the_run_from_its_checkpoint(tmp_path: Path
         config = predictor.model.config
         assert (config.name, config.image_size, config.num_maskmem) == ("sam2.1_tiny_test", 64, 5)
         assert config.multimask_output_for_tracking is (not one_mask)
+        assert config.dynamic_multimask_via_stability is (not one_mask)
     # the file name names no preset and no --config / --image-size is given: the run's settings are used
     assert predict_cli.run(args) == 0
     assert [read_mask_png(p).shape for p in sorted((tmp_path / "out").glob("*.png"))] == [(48, 64)] * 3
@@ -61,8 +63,17 @@ def test_predict_refuses_a_run_of_the_other_model_kind(tmp_path: Path) -> None:
 
 
 def test_export_of_a_one_mask_run_says_what_the_official_predictor_needs(tmp_path: Path, capsys) -> None:
-    checkpoint = write_run_checkpoint(tmp_path / "last.pt", multimask_output_for_tracking=False)
+    checkpoint = write_run_checkpoint(tmp_path / "last.pt", multimask_output_for_tracking=False,
+                                      dynamic_multimask_via_stability=False)
     args = argparse.Namespace(checkpoint=checkpoint, output=tmp_path / "exported.pt")
     assert export_cli.run(args) == 0
     assert "++model.multimask_output_for_tracking=false" in capsys.readouterr().err
     assert set(torch.load(tmp_path / "exported.pt")) == {"model"}
+
+
+def test_one_mask_tracking_without_turning_off_the_evaluation_swap_is_refused() -> None:
+    with pytest.raises(UserInputError, match="needs 'model.dynamic_multimask_via_stability: false'"):
+        load_config(None, ["dataset.dataset_type=synthetic", "model.multimask_output_for_tracking=false"])
+    config = load_config(None, ["dataset.dataset_type=synthetic", "model.multimask_output_for_tracking=false",
+                                "model.dynamic_multimask_via_stability=false"])
+    assert config.model.sam2_overrides()["dynamic_multimask_via_stability"] is False
