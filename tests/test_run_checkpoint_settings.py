@@ -67,7 +67,8 @@ def test_export_of_a_one_mask_run_says_what_the_official_predictor_needs(tmp_pat
                                       dynamic_multimask_via_stability=False)
     args = argparse.Namespace(checkpoint=checkpoint, output=tmp_path / "exported.pt")
     assert export_cli.run(args) == 0
-    assert "++model.multimask_output_for_tracking=false" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "++model.multimask_output_for_tracking=false ++model.dynamic_multimask_via_stability=false" in err
     assert set(torch.load(tmp_path / "exported.pt")) == {"model"}
 
 

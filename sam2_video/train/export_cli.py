@@ -109,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
     run_section = stored_model_section(load_training_checkpoint(args.checkpoint).get("config"), str(args.checkpoint))
     if run_section is not None and run_section.multimask_output_for_tracking is False:
         print("note: this run tracked with one mask per frame (model.multimask_output_for_tracking: false); give the "
-              "official predictor the same, e.g. hydra override ++model.multimask_output_for_tracking=false",
-              file=sys.stderr)
+              "official predictor the same, e.g. hydra overrides ++model.multimask_output_for_tracking=false "
+              "++model.dynamic_multimask_via_stability=false", file=sys.stderr)
     return 0
