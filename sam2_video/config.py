@@ -158,6 +158,7 @@ class DataSection:
     val_data_path: str | None = None  # DAVIS-layout folder of held-out videos for J&F validation
     synthetic_videos: int = 64
     synthetic_frames: int = 16
+    synthetic_objects: list[int] = field(default_factory=lambda: [1, 3])  # [fewest, most] objects per video
 
 
 @dataclass
@@ -479,6 +480,10 @@ def _check_values(config: RunConfig, source: str) -> None:
                 f"{source}: 'dataset.image_size' {data.image_size} differs from 'model.image_size' "
                 f"{config.model.image_size}; clips are resized to the model's square input size"
             )
+    low, high = (data.synthetic_objects + [0, 0])[:2]
+    if len(data.synthetic_objects) != 2 or not 1 <= low <= high:
+        raise UserInputError(f"{source}: 'dataset.synthetic_objects' must be [fewest, most] with 1 <= fewest <= most, "
+                             f"got {data.synthetic_objects}")
     for key, value in [
         ("dataset.video_clip_length", data.video_clip_length),
         ("dataset.batch_size", data.batch_size),

@@ -84,7 +84,7 @@ def build_train_dataset(config: RunConfig) -> ClipDataset:
     if data.dataset_type == "synthetic":
         return SyntheticVideoDataset(
             data.synthetic_videos, num_frames=data.synthetic_frames, image_size=model.image_size,
-            seed=config.train.seed, **common,
+            seed=config.train.seed, num_objects=tuple(data.synthetic_objects), **common,
         )
     if data.dataset_type == "vos":
         return VOSFolderDataset(data.data_path, prompts_dir=data.prompts_dir, ignore_ids=data.ignore_ids,
