@@ -134,6 +134,24 @@ def test_stored_outputs_stay_bounded(tmp_path):
     assert max(len(t) for t in state["frames_tracked_per_obj"].values()) <= reach + 2
 
 
+def test_one_pass_keeps_one_frame_of_image_features(tmp_path):
+    """`track_from_prompts` (what `sam2-video predict` runs) holds the image features of one frame at a
+    time, not a cache that grows with the video."""
+    video = generated_video(tmp_path / "video", 30)
+    predictor = decisive_predictor()
+    state = predictor.init_state(str(video))
+    prompts = [MaskPrompt(source="test", frame_idx=0, obj_id=1, mask=square((64, 80), 10, 0, 20)),
+               ClickPrompt(source="test", frame_idx=5, obj_id=2, points=np.array([[60.0, 46.0]]),
+                           labels=np.array([1]), box=None)]
+    cache_sizes = [state.feature_cache_bytes for _ in predictor.track_from_prompts(state, prompts)]
+    predictor.reset_state(state)
+    predictor.add_new_mask(state, 0, 1, square((64, 80), 10, 0, 20))
+    full = [state.feature_cache_bytes for _ in predictor.propagate_in_video(state)]
+    assert len(cache_sizes) == 30 and cache_sizes[-1] > 0
+    assert set(cache_sizes) <= {0, cache_sizes[-1]}, "one frame's features at most"
+    assert full[-1] > 3 * cache_sizes[-1], "the interactive cache should keep frames for re-propagation"
+
+
 def test_track_video_in_one_pass_equals_passes_one_after_the_other(davis_60):
     """`track_video` on SAM2 (one streaming pass, objects starting at their first prompt) writes the
     masks of the pass-per-start-frame merge of full-state sessions."""

@@ -334,8 +334,9 @@ class SAM2VideoPredictor:
         release_old_outputs=True)`. On frames before an object's first prompt it is not tracked
         (its logits are NO_OBJ_SCORE) and gets no memory, so each object gets the numbers of a
         separate pass started at its first prompt (the DAVIS protocol for objects appearing
-        later) while every frame is encoded once. Yields (frame_idx, obj_ids, video_res_masks
-        [O,1,H,W] logits).
+        later) while every frame is encoded once. During the pass the session's feature cache
+        is set aside for a one-frame one: in one pass frames never return, and a full cache would grow
+        with the video up to its bound. Yields (frame_idx, obj_ids, video_res_masks [O,1,H,W] logits).
         """
         self.reset_state(inference_state)
         if not prompts:
@@ -344,10 +345,16 @@ class SAM2VideoPredictor:
         apply_prompts(self, inference_state, prompts)
         self._tracker.merge_prompt_outputs(inference_state)
         starts = [min(bank.cond_frame_outputs) for bank in inference_state["output_dict_per_obj"].values()]
-        for frame_idx in range(min(starts), inference_state["num_frames"]):
-            started = [obj_idx for obj_idx, start in enumerate(starts) if start <= frame_idx]
-            masks = self._tracker.track_frame(inference_state, frame_idx, False, started, release_old_outputs=True)
-            yield frame_idx, inference_state["obj_ids"], self._tracker.to_video_res(inference_state, masks)
+        interactive_cache = inference_state.feature_cache
+        inference_state.feature_cache = self._tracker.new_feature_cache(inference_state, max_frames=1)
+        try:
+            for frame_idx in range(min(starts), inference_state["num_frames"]):
+                started = [obj_idx for obj_idx, start in enumerate(starts) if start <= frame_idx]
+                masks = self._tracker.track_frame(inference_state, frame_idx, False, started,
+                                                  release_old_outputs=True)
+                yield frame_idx, inference_state["obj_ids"], self._tracker.to_video_res(inference_state, masks)
+        finally:
+            inference_state.feature_cache = interactive_cache
 
     @torch.inference_mode()
     def track_stream(
