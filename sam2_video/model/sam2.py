@@ -15,6 +15,7 @@ comes from `SAM2Config`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -41,16 +42,29 @@ pred_masks_high_res [N,1,S,S], obj_ptr [N,C], object_score_logits [N,1],
 maskmem_features [N,Cm,H,W] or None, maskmem_pos_enc [[N,Cm,H,W]] or None."""
 
 
-class SAMHeadOutputs(NamedTuple):
+@dataclass(frozen=True)
+class SAMHeadOutputs:
     """Outputs of the SAM prompt encoder + mask decoder for N objects (M = 3 with multimask, else 1)."""
 
     low_res_multimasks: torch.Tensor  # [N, M, S/4, S/4] mask logits
-    high_res_multimasks: torch.Tensor  # [N, M, S, S]
     ious: torch.Tensor  # [N, M] predicted IoU
     low_res_masks: torch.Tensor  # [N, 1, S/4, S/4] the mask with the highest predicted IoU
     high_res_masks: torch.Tensor  # [N, 1, S, S]
     obj_ptr: torch.Tensor  # [N, C] object pointer
     object_score_logits: torch.Tensor  # [N, 1] > 0: object present
+
+    @property
+    def high_res_multimasks(self) -> torch.Tensor:
+        """[N, M, S, S]: upsampled when asked (only the training loss reads all M; inference needs the
+        kept mask alone, and at 1024 px the other two cost 2 x 4 MiB of interpolation per object)."""
+        if self.low_res_multimasks is self.low_res_masks:
+            return self.high_res_masks
+        return _masks_at_size(self.low_res_multimasks, self.high_res_masks.shape[-1])
+
+
+def _masks_at_size(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Mask logits [N, M, h, w] -> [N, M, size, size], bilinear as the official code."""
+    return F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class FrameSegmentation(NamedTuple):
@@ -207,23 +221,21 @@ class SAM2(nn.Module):
         # the mask used for memory is a hard choice between object and no object
         low_res_multimasks = torch.where(is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE)
         low_res_multimasks = low_res_multimasks.float()
-        high_res_multimasks = F.interpolate(low_res_multimasks, size=(self.image_size, self.image_size),
-                                            mode="bilinear", align_corners=False)
 
         sam_output_token = sam_output_tokens[:, 0]
         if multimask_output:
             best = torch.argmax(ious, dim=-1)
             rows = torch.arange(batch, device=device)
             low_res_masks = low_res_multimasks[rows, best].unsqueeze(1)
-            high_res_masks = high_res_multimasks[rows, best].unsqueeze(1)
             if sam_output_tokens.size(1) > 1:
                 sam_output_token = sam_output_tokens[rows, best]
         else:
-            low_res_masks, high_res_masks = low_res_multimasks, high_res_multimasks
+            low_res_masks = low_res_multimasks
+        # upsampling is per mask: the kept mask alone gives the same numbers as picking it after
+        high_res_masks = _masks_at_size(low_res_masks, self.image_size)
 
         obj_ptr = self._gate_obj_ptr(self.obj_ptr_proj(sam_output_token), is_obj_appearing.float())
-        return SAMHeadOutputs(low_res_multimasks, high_res_multimasks, ious, low_res_masks, high_res_masks,
-                              obj_ptr, object_score_logits)
+        return SAMHeadOutputs(low_res_multimasks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits)
 
     def _gate_obj_ptr(self, obj_ptr: torch.Tensor, is_obj_appearing: torch.Tensor) -> torch.Tensor:
         """Replace the pointer by the learned no-object pointer where the object is absent ([N,1] 0/1)."""
@@ -253,8 +265,7 @@ class SAM2(nn.Module):
         is_obj_appearing = torch.any(mask_inputs.flatten(1).float() > 0.0, dim=1)[:, None].float()
         object_score_logits = MASK_AS_OUTPUT_SCALE * is_obj_appearing + MASK_AS_OUTPUT_BIAS
         obj_ptr = self._gate_obj_ptr(obj_ptr, is_obj_appearing)
-        return SAMHeadOutputs(low_res_masks, high_res_masks, ious, low_res_masks, high_res_masks, obj_ptr,
-                              object_score_logits)
+        return SAMHeadOutputs(low_res_masks, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits)
 
     # ------------------------------------------------------------------ memory
     @property
