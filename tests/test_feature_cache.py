@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from sam2_video.predict.video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
+from sam2_video.predict.video_predictor import SAM2VideoPredictor
+from conftest import present_object_predictor, write_moving_square_video
 
 NUM_FRAMES = 8
 VIDEO_HW = (48, 64)
@@ -18,21 +17,11 @@ VIDEO_HW = (48, 64)
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("video")
-    rng = np.random.default_rng(0)
-    for t in range(NUM_FRAMES):
-        frame = rng.integers(0, 256, (*VIDEO_HW, 3), dtype=np.uint8)
-        frame[10:30, 8 + 4 * t : 28 + 4 * t] = (230, 30, 30)
-        Image.fromarray(frame).save(folder / f"{t:05d}.png")
-    return folder
+    return write_moving_square_video(tmp_path_factory.mktemp("video"), NUM_FRAMES, *VIDEO_HW)
 
 
 def tiny_predictor(**options) -> SAM2VideoPredictor:
-    torch.manual_seed(0)
-    predictor = build_sam2_video_predictor("sam2.1_tiny_test", fill_hole_area=0, **options)
-    with torch.no_grad():  # random weights: make objects count as present (score > 0)
-        predictor.model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
-    return predictor
+    return present_object_predictor(fill_hole_area=0, **options)
 
 
 def count_encoder_calls(predictor: SAM2VideoPredictor) -> list[int]:
