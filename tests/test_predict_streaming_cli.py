@@ -106,8 +106,11 @@ def test_ctrl_c_leaves_only_complete_masks(tmp_path: Path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "sam2_video.cli", "predict", "--video", str(folder), "--mask",
                str(tmp_path / "first.png"), "--out", str(out), *TINY]
+    # an ignored SIGINT is inherited across exec, and earlier tests in the session (servers) may ignore
+    # it in this process: give the child the default disposition, as a shell would
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 3:
         time.sleep(0.01)
