@@ -113,6 +113,13 @@ def last_json(output: str) -> dict:
 
 # ------------------------------------------------------------------ the children
 
+def add_json_prompts(predictor, state, prompts: Path) -> None:
+    """Give the prompts of `write_inputs`' JSON to a predictor with the official API (ours or the official)."""
+    for prompt in json.loads(prompts.read_text()):
+        predictor.add_new_points_or_box(state, prompt["frame"], prompt["obj_id"], points=prompt.get("points"),
+                                        labels=prompt.get("labels"), box=prompt.get("box"))
+
+
 def child_official(args: argparse.Namespace) -> None:
     """Track with the official predictor as `sam2-video predict` does; print {"fps": ...}."""
     import torch
@@ -127,9 +134,7 @@ def child_official(args: argparse.Namespace) -> None:
     args.out.mkdir()
     with torch.inference_mode():
         state = predictor.init_state(str(args.video), offload_video_to_cpu=True, offload_state_to_cpu=True)
-        for prompt in json.loads(args.prompts.read_text()):
-            predictor.add_new_points_or_box(state, prompt["frame"], prompt["obj_id"], points=prompt.get("points"),
-                                            labels=prompt.get("labels"), box=prompt.get("box"))
+        add_json_prompts(predictor, state, args.prompts)
         start, count = time.perf_counter(), 0
         for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
             scores = logits[:, 0].float().numpy()
@@ -173,21 +178,15 @@ def child_streaming(args: argparse.Namespace) -> None:
 
     predictor = build_sam2_video_predictor(args.preset, checkpoint=args.weights, image_size=args.image_size)
     rates: dict[str, list[float]] = {"full": [], "streaming": []}
-
-    def prompt(state) -> None:
-        predictor.reset_state(state)
-        for p in json.loads(args.prompts.read_text()):
-            predictor.add_new_points_or_box(state, p["frame"], p["obj_id"], points=p.get("points"),
-                                            labels=p.get("labels"), box=p.get("box"))
-
     with torch.inference_mode():
         state = predictor.init_state(str(args.video))
-        prompt(state)
+        add_json_prompts(predictor, state, args.prompts)
         for _ in predictor.propagate_in_video(state, max_frame_num_to_track=10):  # warm-up, not timed
             pass
         for _ in range(args.repeats):
             for mode in rates:
-                prompt(state)
+                predictor.reset_state(state)
+                add_json_prompts(predictor, state, args.prompts)
                 start, count = time.perf_counter(), 0
                 for _ in predictor.propagate_in_video(state, release_old_outputs=mode == "streaming"):
                     count += 1

