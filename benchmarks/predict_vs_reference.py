@@ -179,7 +179,7 @@ def run_interactive(args: argparse.Namespace, official: Any, checkpoint: Path, t
     video.mkdir()
     masks = davis_video(video, args.davis, args.sequence, args.frames)
     rows = {"official": official}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in args.dtypes:
         rows[f"ours {dtype}"] = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
                                                            image_size=args.image_size, fill_hole_area=0, dtype=dtype)
     print(f"interactive session, DAVIS {args.sequence} {args.frames} frames {masks[0].shape[1]}x{masks[0].shape[0]}, "
@@ -206,7 +206,7 @@ def run_interactive(args: argparse.Namespace, official: Any, checkpoint: Path, t
         median = statistics.median(seconds[name])
         diff = max((a - b).abs().max().item() for a, b in zip(outputs[name], outputs["official"]))
         agree = np.mean([((a > 0) == (b > 0)).float().mean().item()
-                         for a, b in zip(outputs[name], outputs["ours float32"])])
+                         for a, b in zip(outputs[name], outputs.get("ours float32", outputs[name]))])
         print(f"{name:15}  {median:9.2f}  {official_s / median:7.2f}x  {peak[name] / 2**20:8.0f}  {diff:28.2e}"
               f"  {agree:24.4%}")
 
@@ -220,6 +220,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--interactive", action="store_true", help="time the interactive session (see above)")
     parser.add_argument("--repeats", type=int, default=3, help="--interactive: timed sessions per row")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                        help="--interactive: our rows (bfloat16 takes 5x float32's time on CPUs without bf16 units)")
     parser.add_argument("--davis", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
                         / "davis2016_val_subset", help="--interactive: DAVIS root (JPEGImages/, Annotations/)")
     parser.add_argument("--sequence", default="blackswan", help="--interactive: DAVIS sequence")

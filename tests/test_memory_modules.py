@@ -88,6 +88,31 @@ def test_memory_attention_matches_official(preset, image_size, num_frames, num_p
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("preset,image_size", CONFIGS)
+def test_objects_sharing_one_frame_run_the_first_self_attention_once(preset, image_size):
+    """Objects of one frame read the same image features, passed expanded over the batch (as the
+    video predictor does): the first layer's self-attention runs once for all of them, and every
+    object still gets the official result."""
+    require_reference()
+    cfg = sam2_config(preset, image_size=image_size)
+    ours, ref = MemoryAttention(cfg), _official_memory_attention(cfg)
+    _pair(ours, ref)
+    tokens, batch = cfg.feat_size**2, 3
+    curr = torch.randn(tokens, 1, cfg.d_model).expand(-1, batch, -1)
+    curr_pos = torch.randn(tokens, 1, cfg.d_model).expand(-1, batch, -1)
+    memory = torch.randn(2 * tokens + 8, batch, cfg.mem_dim)
+    memory_pos = torch.randn_like(memory)
+    self_attention_batches: list[int] = []
+    ours.layers[0].self_attn.register_forward_hook(lambda m, args, out: self_attention_batches.append(out.shape[0]))
+    with torch.no_grad():
+        expected = ref(curr.contiguous(), memory, curr_pos.contiguous(), memory_pos, num_obj_ptr_tokens=8)
+        actual = ours(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=8)
+        copied = ours(curr.contiguous(), memory, curr_pos.contiguous(), memory_pos, num_obj_ptr_tokens=8)
+    assert self_attention_batches == [1, batch]
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual, copied, atol=1e-6, rtol=0)
+
+
 def test_memory_attention_state_dict_keys_match_checkpoint():
     """The keys and shapes of the official sam2.1_hiera_t checkpoint (prefix memory_attention.)."""
     require_reference()

@@ -65,11 +65,39 @@ def test_objects_of_a_frame_run_as_one_batch(video, monkeypatch):
     assert encoder_calls == [1] * (NUM_FRAMES - 1)  # frame 0 was encoded by init_state
     assert track_calls == [3] * (NUM_FRAMES - 1)
 
-    # an object added on a later frame has another memory bank: its own batch
+    # an object added on a later frame has another memory bank: its own batch (backwards from
+    # frame 2, where object 7 is prompted, over frames 1 and 0, where objects 1-3 are)
     predictor.add_new_points_or_box(state, 2, 7, points=[[20, 20]], labels=[1])
     track_calls.clear()
-    propagate(predictor, state, start_frame_idx=3)
-    assert track_calls == [3, 1, 3, 1]
+    propagate(predictor, state, start_frame_idx=2, reverse=True)
+    assert track_calls == [3, 3, 1, 1]
+
+
+def test_repropagation_recomputes_only_objects_whose_memory_changed(video, monkeypatch):
+    """A frame whose memory inputs are the very outputs it was tracked from is not tracked again:
+    a second identical pass runs no track_step, and after a correction of object 2 only object 2
+    is re-tracked, the others keep their masks. (That the reused masks are the official ones is
+    checked against the reference in test_video_predictor_vs_reference.py, case (h).)"""
+    predictor = tiny_predictor(fill_hole_area=0)
+    state = predictor.init_state(str(video))
+    for obj_id, left in ((1, 4), (2, 30), (3, 44)):
+        predictor.add_new_mask(state, 0, obj_id, square(8, left))
+    first = propagate(predictor, state)
+    track_calls = count_calls(monkeypatch, predictor.model, "track_step")
+    again = propagate(predictor, state)
+    assert track_calls == []
+    assert all(torch.equal(first[t], again[t]) for t in first)
+
+    predictor.add_new_points_or_box(state, 2, 2, points=[[36, 20]], labels=[0], clear_old_points=False)
+    corrected = propagate(predictor, state, start_frame_idx=3)
+    assert track_calls == [1] + [1] * (NUM_FRAMES - 3)  # the correction click, then frames 3.. for object 2
+    assert not torch.equal(corrected[NUM_FRAMES - 1][1], first[NUM_FRAMES - 1][1])
+    assert all(torch.equal(corrected[t][[0, 2]], first[t][[0, 2]]) for t in corrected)
+
+    # backwards, every frame reads other frames than forwards: all objects are tracked again
+    track_calls.clear()
+    propagate(predictor, state, start_frame_idx=NUM_FRAMES - 1, reverse=True)
+    assert track_calls == [3] * (NUM_FRAMES - 1)
 
 
 def test_batched_objects_match_objects_tracked_alone(video):

@@ -280,3 +280,25 @@ def test_g_corrections_become_conditioning_frames(long_synthetic_video, tmp_path
              ("propagate", dict(start_frame_idx=3))]
     outputs, _ = run_both("sam2.1_hiera_t", 256, folder, steps, tmp_path, add_all_frames_to_correct_as_cond=True)
     assert [o[1] for o in outputs if o[0] == "propagate"] == list(range(6)) + list(range(3, 12))
+
+
+def test_h_interactive_session_retracks_only_the_corrected_object(synthetic_video, tmp_path):
+    """(h) the annotate page's session (corrections become conditioning frames): three objects
+    clicked on frame 0, propagated, object 1 corrected on frame 2, propagated from frame 2, then
+    backwards from the last frame. Ours tracks objects 2 and 3 on frames 2.. once (their memory did
+    not change, so their stored outputs are reused) and still returns the official masks."""
+    folder, masks = synthetic_video
+    official, ours, _ = build_both("sam2.1_hiera_t", 256, tmp_path, add_all_frames_to_correct_as_cond=True)
+    steps = [("points", dict(frame_idx=0, obj_id=k + 1, points=centre_click(masks[0][k]), labels=[1]))
+             for k in range(3)]
+    steps += [("propagate", {}),
+              ("points", dict(frame_idx=2, obj_id=1, points=[[5.0, 5.0]], labels=[0], clear_old_points=False)),
+              ("propagate", dict(start_frame_idx=2)),
+              ("propagate", dict(start_frame_idx=SYNTHETIC_FRAMES - 1, reverse=True))]
+    batch_sizes: list[int] = []
+    ours.model.memory_attention.register_forward_hook(lambda module, args, out: batch_sizes.append(out.shape[1]))
+    got = run_session(ours, folder, steps)
+    assert_same_outputs(got, run_session(official, folder, steps))
+    forward, correction = [3] * (SYNTHETIC_FRAMES - 1), [1]
+    repropagation = [1] * (SYNTHETIC_FRAMES - 3)  # frames 3.. of object 1; frame 2 is its conditioning frame
+    assert batch_sizes[: len(forward) + len(correction) + len(repropagation)] == forward + correction + repropagation

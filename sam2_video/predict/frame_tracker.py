@@ -8,6 +8,7 @@ model image size, H x W the video size.
 """
 from __future__ import annotations
 
+import itertools
 from contextlib import AbstractContextManager, nullcontext
 from typing import Sequence
 
@@ -23,6 +24,18 @@ from sam2_video.predict.session import FrameOutput, TrackingSession
 
 
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# What a tracked frame's output was computed from besides the frame itself: (track_in_reverse,
+# the MemorySelection, the serial of every output that selection reads).
+TrackingInputs = tuple[bool, MemorySelection, tuple[int, ...]]
+
+
+def tracking_inputs(bank: MemoryBank, selection: MemorySelection, reverse: bool) -> TrackingInputs | None:
+    """The inputs of tracking one object on a frame with `selection` read from its `bank`; None
+    when an output it reads has no serial (not made by `FrameTracker.track`)."""
+    read = bank.restricted_to(selection)
+    serials = tuple(out.get("serial") for outputs in read.values() for out in outputs.values())
+    return None if None in serials else (reverse, selection, serials)
 
 
 class FrameTracker:
@@ -45,6 +58,7 @@ class FrameTracker:
         self.feature_cache_bytes = feature_cache_bytes
         self.feature_cache_frames = feature_cache_frames
         self.dtype = INFERENCE_DTYPES[dtype]
+        self._serials = itertools.count()  # names each output this tracker makes (see tracking_inputs)
 
     def new_feature_cache(self, state: TrackingSession, max_frames: int | None = None) -> FeatureCache:
         """A cache with this tracker's bounds (`max_frames` overrides the frame bound)."""
@@ -170,18 +184,30 @@ class FrameTracker:
         masks = torch.full((len(state["obj_ids"]), 1, low_res, low_res), NO_OBJ_SCORE, dtype=torch.float32,
                            device=state["device"])
         groups: dict[MemorySelection, list[int]] = {}
+        inputs: dict[int, TrackingInputs] = {}
         for obj_idx in obj_idxs:
             bank = banks[obj_idx]
             if frame_idx in bank.cond_frame_outputs:
                 masks[obj_idx] = bank.cond_frame_outputs[frame_idx]["pred_masks"][0].to(state["device"])
-            else:
-                groups.setdefault(bank.select(frame_idx, reverse, num_frames), []).append(obj_idx)
+                continue
+            stored = bank.non_cond_frame_outputs.get(frame_idx)
+            selection = bank.select(frame_idx, reverse, num_frames)
+            inputs[obj_idx] = tracking_inputs(bank, selection, reverse)
+            if stored is not None and inputs[obj_idx] is not None and stored.get("inputs") == inputs[obj_idx]:
+                # Tracked before from the very outputs it would read now (same frames, same
+                # serials): track_step is a function of those and of the frame, so it would
+                # return what is stored. Re-propagation after a correction of one object
+                # recomputes that object only, the official code every object.
+                masks[obj_idx] = stored["pred_masks"][0].to(state["device"])
+                continue
+            groups.setdefault(selection, []).append(obj_idx)
         for selection, group in groups.items():
             frame_outs, pred_masks = self.track(
                 state, group, frame_idx, is_init_cond_frame=False, point_inputs=None, mask_inputs=None,
                 reverse=reverse, run_mem_encoder=True, memory=self._batched_memory(state, group, selection),
             )
             for i, (obj_idx, out) in enumerate(zip(group, frame_outs)):
+                out["inputs"] = inputs[obj_idx]
                 banks[obj_idx].add(frame_idx, out, is_cond=False)
                 masks[obj_idx] = pred_masks[i]
         next_frame_idx = frame_idx - 1 if reverse else frame_idx + 1
@@ -298,6 +324,7 @@ class FrameTracker:
                 "pred_masks": stored_masks[i : i + 1],
                 "obj_ptr": out["obj_ptr"][i : i + 1].float(),
                 "object_score_logits": out["object_score_logits"][i : i + 1].float(),
+                "serial": next(self._serials),
             }
             for i in range(len(obj_idxs))
         ]
