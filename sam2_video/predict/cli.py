@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sam2_video.config import MODEL_KINDS, stored_model_section
-from sam2_video.device import resolve_device
+from sam2_video.device import resolve_device, slow_bfloat16_warning
 from sam2_video.errors import UserInputError
 from sam2_video.io import check_not_inside_inputs, check_output_file, check_output_folder
 from sam2_video.model.presets import PRESET_NAMES, sam2_config
@@ -93,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing PNGs / overlay in the outputs")
     parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="sam2: bfloat16 runs the model under bf16 autocast, for GPUs (masks agree with float32 "
-                        "on about 99%% of the pixels; on this project's CPU it was slower, see the README)")
+                        help="sam2: bfloat16 runs the model under bf16 autocast, for GPUs and CPUs with bf16 units "
+                        "(masks agree with float32 on about 99%% of the pixels; emulated on other CPUs: 5x slower)")
 
 
 def _sam2_preset(args: argparse.Namespace) -> str:
@@ -140,6 +140,8 @@ def build_predictor(args: argparse.Namespace) -> VideoPredictor:
     if args.checkpoint is None:
         print(f"warning: no --checkpoint: {config} gets random weights, so the masks will be meaningless "
               "(give official SAM2/SAM2.1 weights with --checkpoint)", file=sys.stderr)
+    if args.dtype == "bfloat16" and (warning := slow_bfloat16_warning(device)) is not None:
+        print(warning, file=sys.stderr)
     try:
         return build_sam2_video_predictor(config, checkpoint=args.checkpoint, device=device,
                                           image_size=image_size, dtype=args.dtype, **overrides)

@@ -3,8 +3,9 @@ outputs turned into memory, the session's memory banks fed and, when streaming, 
 
 Objects whose memory banks select the same frames (`MemoryBank.select`) run as one batch through
 the model, on one image-encoder run per frame; each object keeps its own compact outputs (see
-`session.py`), so the numbers are those of the official per-object loop. Shapes: O objects, S the
-model image size, H x W the video size.
+`session.py`), so the numbers are those of the official per-object loop. An object whose frame
+would read exactly the outputs it was last tracked from there keeps its stored output instead
+(`tracking_inputs`). Shapes: O objects, S the model image size, H x W the video size.
 """
 from __future__ import annotations
 
@@ -290,7 +291,7 @@ class FrameTracker:
 
         Returns the per-object compact outputs (what the session keeps: maskmem_features
         [1,mem_dim,S/16,S/16] in the storage dtype or None, maskmem_pos_enc, pred_masks
-        [1,1,S/4,S/4], obj_ptr [1,C], object_score_logits [1,1]) and the batch's mask logits
+        [1,1,S/4,S/4], obj_ptr [1,C], object_score_logits [1,1], a new serial) and the batch's mask logits
         [B,1,S/4,S/4] on the compute device, small holes filled.
         """
         _, vision_feats, vision_pos_embeds, feat_sizes = self._image_features(state, frame_idx, len(obj_idxs))

@@ -7,8 +7,9 @@ written for facebookresearch/sam2 keeps working.
 
 Per object and frame a session keeps (see `FrameTracker.track`): maskmem_features
 [1,mem_dim,S/16,S/16] in bfloat16 (float32 with memory_in_bfloat16=False), pred_masks [1,1,S/4,S/4]
-float32 logits, obj_ptr [1,C], object_score_logits [1,1]; the memory position encoding is one shared
-copy. Nothing at full resolution: at S=1024 that is 512 KiB + 256 KiB per object-frame.
+float32 logits, obj_ptr [1,C], object_score_logits [1,1], serial (an int naming the output) and, on
+tracked frames, inputs (what it was computed from, see `frame_tracker.tracking_inputs`); the memory
+position encoding is one shared copy. Nothing at full resolution: at S=1024 that is 512 KiB + 256 KiB per object-frame.
 """
 from __future__ import annotations
 
