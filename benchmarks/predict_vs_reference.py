@@ -16,7 +16,9 @@ measured in a second pass of its own (on the CPU it needs allocator settings tha
 `--interactive` times instead the annotate page's common case on a real DAVIS sequence, 3 objects
 (clicks on frame 0), as one whole session (init_state included): propagate forward over `--frames`
 frames, a correction click on frame 4, propagate again from frame 4, then propagate in reverse
-from the last frame. Rows: the official predictor, ours in float32 (its image-feature cache skips
+from the last frame. Both predictors make corrections conditioning frames, as the page does
+(`add_all_frames_to_correct_as_cond`; by default the propagation from frame 4 would overwrite the
+correction). Rows: the official predictor, ours in float32 (its image-feature cache skips
 the encoder on frames already seen) and ours with dtype=bfloat16; medians of `--repeats` runs taken
 in turns, peak memory per row, max logit difference to the official outputs, and for bf16 the
 fraction of mask pixels (logit > 0) agreeing with our float32.
@@ -65,12 +67,15 @@ def make_video(folder: Path, num_frames: int, height: int = 480, width: int = 64
     return masks
 
 
-def build_official(preset: str, image_size: int, device: str) -> Any:
+def build_official(preset: str, image_size: int, device: str, corrections_as_cond: bool = False) -> Any:
     from sam2.build_sam import build_sam2_video_predictor as build_reference
 
     version = preset.split("_hiera_")[0]
+    overrides = [f"++model.image_size={image_size}"]
+    if corrections_as_cond:
+        overrides.append("++model.add_all_frames_to_correct_as_cond=true")
     predictor = build_reference(f"configs/{version}/{preset}.yaml", None, device=device,
-                                hydra_overrides_extra=[f"++model.image_size={image_size}"])
+                                hydra_overrides_extra=overrides)
     with torch.no_grad():
         predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
         for mlp in predictor.sam_mask_decoder.output_hypernetworks_mlps:
@@ -181,7 +186,8 @@ def run_interactive(args: argparse.Namespace, official: Any, checkpoint: Path, t
     rows = {"official": official}
     for dtype in args.dtypes:
         rows[f"ours {dtype}"] = build_sam2_video_predictor(args.preset, checkpoint=checkpoint, device=args.device,
-                                                           image_size=args.image_size, fill_hole_area=0, dtype=dtype)
+                                                           image_size=args.image_size, fill_hole_area=0, dtype=dtype,
+                                                           add_all_frames_to_correct_as_cond=True)
     print(f"interactive session, DAVIS {args.sequence} {args.frames} frames {masks[0].shape[1]}x{masks[0].shape[0]}, "
           f"{args.preset} at {args.image_size}, 3 objects, {args.device}, torch threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
@@ -228,7 +234,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    official = build_official(args.preset, args.image_size, args.device)
+    official = build_official(args.preset, args.image_size, args.device, corrections_as_cond=args.interactive)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "weights.pt"
         torch.save({"model": official.state_dict()}, checkpoint)
