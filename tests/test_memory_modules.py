@@ -166,3 +166,24 @@ def test_memory_encoder_matches_official(preset, image_size, skip_mask_sigmoid):
     assert actual["vision_features"].shape == (2, cfg.mem_dim, side, side)
     torch.testing.assert_close(actual["vision_features"], expected["vision_features"], atol=1e-5, rtol=0)
     torch.testing.assert_close(actual["vision_pos_enc"][0], expected["vision_pos_enc"][0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("preset,image_size", CONFIGS)
+def test_objects_sharing_one_frame_project_its_features_once(preset, image_size):
+    """The memory encoder given one frame's features expanded over 3 objects (as the video predictor
+    passes them) projects them once and returns the official memory of each object."""
+    require_reference()
+    cfg = sam2_config(preset, image_size=image_size)
+    ours, ref = MemoryEncoder(cfg), _official_memory_encoder(cfg)
+    _pair(ours, ref)
+    side, batch = cfg.feat_size, 3
+    pix_feat = torch.randn(1, cfg.d_model, side, side).expand(batch, -1, -1, -1)
+    masks = torch.randn(batch, 1, image_size, image_size) * 5
+    projections: list[int] = []
+    ours.pix_feat_proj.register_forward_hook(lambda m, args, out: projections.append(out.shape[0]))
+    with torch.no_grad():
+        expected = ref(pix_feat.contiguous(), masks)
+        actual = ours(pix_feat, masks)
+    assert projections == [1]
+    torch.testing.assert_close(actual["vision_features"], expected["vision_features"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual["vision_pos_enc"][0], expected["vision_pos_enc"][0], atol=1e-6, rtol=0)
