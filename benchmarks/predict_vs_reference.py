@@ -211,10 +211,12 @@ def run_interactive(args: argparse.Namespace, official: Any, checkpoint: Path, t
     for name in names:
         median = statistics.median(seconds[name])
         diff = max((a - b).abs().max().item() for a, b in zip(outputs[name], outputs["official"]))
-        agree = np.mean([((a > 0) == (b > 0)).float().mean().item()
-                         for a, b in zip(outputs[name], outputs.get("ours float32", outputs[name]))])
+        agree = "-"  # without a float32 row there is nothing to agree with
+        if "ours float32" in outputs:
+            pairs = zip(outputs[name], outputs["ours float32"])
+            agree = f"{np.mean([((a > 0) == (b > 0)).float().mean().item() for a, b in pairs]):.4%}"
         print(f"{name:15}  {median:9.2f}  {official_s / median:7.2f}x  {peak[name] / 2**20:8.0f}  {diff:28.2e}"
-              f"  {agree:24.4%}")
+              f"  {agree:>24}")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam2_video.model.mask_decoder import Attention
-from sam2_video.model.layers import run_checkpointed
+from sam2_video.model.layers import run_checkpointed, run_per_object, same_for_each_object
 from sam2_video.model.presets import SAM2Config
 
 
@@ -187,20 +187,13 @@ class MemoryAttention(nn.Module):
             )
         memory = memory.to(curr.dtype).transpose(0, 1)
         memory_pos = memory_pos.to(curr.dtype).transpose(0, 1)
-        batch = curr.shape[1]
         first = self.layers[0]
-        if batch > 1 and curr.stride(1) == 0 and curr_pos.stride(1) == 0:
-            # The objects of one frame read the same image features (the video predictor passes
-            # them expanded: stride 0 over the batch). The first layer's self-attention sees only
-            # those, so every object would get the same numbers: compute them once.
+        if same_for_each_object(curr, 1) and same_for_each_object(curr_pos, 1):
+            # The objects of one frame read the same image features. The first layer's
+            # self-attention sees only those, so every object would get the same numbers: once.
             shared = run_checkpointed(first, first.attend_self, (curr[:, :1] + 0.1 * curr_pos[:, :1]).transpose(0, 1))
-            if curr.device.type == "cpu":
-                # On the CPU the rest runs one object at a time: 8% faster than a batch of 3 at
-                # 512 px (an object's ~7 frames of memory keys stay in cache), the same numbers.
-                output = torch.cat([self._attend_memory(shared, memory[b : b + 1], memory_pos[b : b + 1],
-                                                        num_obj_ptr_tokens) for b in range(batch)])
-            else:
-                output = self._attend_memory(shared.expand(batch, -1, -1), memory, memory_pos, num_obj_ptr_tokens)
+            output = run_per_object(lambda x, mem, pos: self._attend_memory(x, mem, pos, num_obj_ptr_tokens),
+                                    shared, memory, memory_pos)
         else:
             output = run_checkpointed(first, first.attend_self, (curr + 0.1 * curr_pos).transpose(0, 1))
             output = self._attend_memory(output, memory, memory_pos, num_obj_ptr_tokens)
