@@ -6,10 +6,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sam2_video.config import RunConfig, load_config, recipe_prompt_probabilities
 from sam2_video.errors import UserInputError
+from sam2_video.train.cli import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED_002_VIDEO = """
@@ -79,6 +81,7 @@ def test_overrides_are_typed_and_the_resolved_config_round_trips(tmp_path: Path)
         (["model.feature_cache_frames=64"], "needs 'dataset.augment: false'"),
         (["dataset.sav_annotation_kind=automatic"], "expected one of manual, auto"),
         (["dataset.video_list=videos.txt"], "'dataset.video_list' applies to dataset_type vos, sav and video"),
+        (["model.memory_attention_dropout=1.5"], "'model.memory_attention_dropout' must be in [0, 1), got 1.5"),
     ],
 )
 def test_bad_config_names_the_problem(overrides: list[str], expected: str) -> None:
@@ -106,6 +109,15 @@ def test_shipped_configs_have_only_valid_keys(name: str) -> None:
 def test_demo_config_loads() -> None:
     config = load_config(REPO_ROOT / "configs" / "demo.yaml")
     assert config.model.config_path == "sam2.1_tiny_test" and config.dataset.dataset_type == "synthetic"
+
+
+@pytest.mark.parametrize(("setting", "expected"), [([], 0.1), (["model.memory_attention_dropout=0"], 0.0)])
+def test_memory_attention_dropout_reaches_the_model(setting: list[str], expected: float) -> None:
+    config = load_config(None, ["dataset.dataset_type=synthetic", "model.config_path=sam2.1_tiny_test",
+                                "model.image_size=64", *setting])
+    model = build_model(config.model, config.dataset, verbose=False)
+    dropouts = {m.p for m in model.memory_attention.modules() if isinstance(m, torch.nn.Dropout)}
+    assert dropouts == {expected}
 
 
 def test_cli_reports_a_trainable_module_that_matches_nothing(capsys) -> None:

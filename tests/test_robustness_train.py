@@ -35,6 +35,7 @@ TINY = [
     # the official recipe, tracking and objects (not the demo's): the NaN case below diverges on its clicks
     "model.prob_to_use_pt_input_for_train=null", "model.multimask_output_for_tracking=null",
     "model.dynamic_multimask_via_stability=null", "dataset.synthetic_objects=[1,3]", "dataset.max_num_objects=2",
+    "model.memory_attention_dropout=null", "train.focal_alpha=0.25",
 ]
 READ_ONLY = Path("/sys/sam2_video_test/run")  # not writable even for root
 

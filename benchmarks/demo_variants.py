@@ -1,0 +1,85 @@
+"""Train the demo's model with some settings changed and print its held-out J&F after every epoch:
+how the settings of `sam2-video demo` (`sam2_video/demo.py`, `configs/demo.yaml`) were chosen.
+
+    python benchmarks/demo_variants.py --seed 2                          # the demo's own settings
+    python benchmarks/demo_variants.py --seed 2 train.focal_alpha=0.25   # the official focal weighting
+    python benchmarks/demo_variants.py --seed 2 --train-videos 96 --epochs 16 model.memory_attention_dropout=0.1
+
+The seed's videos are generated as the demo does (kept under --data for the next variant), the
+demo's run config gets the `section.key=value` overrides (checked like `sam2-video train`'s), and the
+run validates every epoch. The last line is the J&F of the final weights, scored as the demo scores
+them. Each line also goes to --results (JSON lines). One run takes 5-10 CPU minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from sam2_video.config import load_config
+from sam2_video.data import synthesize
+from sam2_video.demo import TRAINING_OBJECTS, add_arguments, check_arguments, demo_config
+from sam2_video.errors import UserInputError
+from sam2_video.train.checkpoint import load_training_checkpoint
+from sam2_video.train.cli import build_model, build_validator, train
+from sam2_video.train.metrics_log import read_metrics
+
+
+def videos(args: argparse.Namespace, data: Path) -> tuple[Path, Path]:
+    """The demo's training and held-out folders for these flags, generated once."""
+    root = data / f"{args.model}_seed{args.seed}_{args.train_videos}x{args.frames}_{args.val_videos}_{args.image_size}px"
+    if not (root / "complete").exists():
+        synthesize(root / "train", args.train_videos, num_frames=args.frames, image_size=args.image_size,
+                   seed=args.seed, num_objects=TRAINING_OBJECTS[args.model])
+        synthesize(root / "val", args.val_videos, num_frames=args.frames, image_size=args.image_size,
+                   seed=args.seed + 1_000_003)
+        (root / "complete").write_text("")
+    return root / "train", root / "val"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "sam2_video_demo_data")
+    parser.add_argument("--results", type=Path, default=Path("demo_variants.jsonl"))
+    parser.add_argument("overrides", nargs="*", help="section.key=value settings on top of the demo's")
+    args = parser.parse_args()
+    try:
+        check_arguments(args)
+    except UserInputError as err:
+        parser.error(str(err))
+    train_root, val_root = videos(args, args.data)
+    with tempfile.TemporaryDirectory(prefix="demo_variant_") as tmp:
+        out = Path(tmp)
+        base = demo_config(args, out, train_root, val_root)
+        (out / "base.yaml").write_text(yaml.safe_dump(base.to_dict()))
+        try:
+            config = load_config(out / "base.yaml", [*args.overrides, "train.val_every_epochs=1"])
+        except UserInputError as err:
+            parser.error(str(err))
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        result = train(config)
+        seconds = time.perf_counter() - start
+        per_epoch = [round(row["J&F"], 3) for row in read_metrics(result.out_dir / "metrics.jsonl", kind="val")]
+        model = build_model(config.model, config.dataset, verbose=False)
+        model.load_state_dict(load_training_checkpoint(result.out_dir / "last.pt")["model"])
+        final = build_validator(config)(model)["J&F"]
+    line = dict(model=args.model, seed=args.seed, train_videos=args.train_videos, epochs=args.epochs,
+                overrides=args.overrides, jf_per_epoch=per_epoch, jf_final=round(final, 3),
+                steps=result.steps, train_seconds=round(seconds))
+    print(f"held-out J&F per epoch: {' '.join(f'{v:.3f}' for v in per_epoch)}")
+    print(f"final weights: {final:.3f} ({result.steps} steps, {seconds:.0f} s)")
+    with args.results.open("a") as results:
+        results.write(json.dumps(line) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
