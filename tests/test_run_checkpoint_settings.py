@@ -12,6 +12,7 @@ import torch
 from sam2_video.annotate.model import build_predictor as build_annotate_predictor
 from sam2_video.config import ModelSection, RunConfig, load_config
 from sam2_video.errors import UserInputError
+from sam2_video.model.run_checkpoint import load_training_checkpoint, stored_run_config
 from sam2_video.predict import cli as predict_cli
 from sam2_video.predict.masks_io import read_mask_png, write_palette_png
 from sam2_video.train import export_cli
@@ -78,3 +79,19 @@ def test_one_mask_tracking_without_turning_off_the_evaluation_swap_is_refused() 
     config = load_config(None, ["dataset.dataset_type=synthetic", "model.multimask_output_for_tracking=false",
                                 "model.dynamic_multimask_via_stability=false"])
     assert config.model.sam2_overrides()["dynamic_multimask_via_stability"] is False
+
+
+def test_the_stored_run_config_is_read_without_loading_the_weights_whatever_the_file_format(tmp_path: Path) -> None:
+    run = write_run_checkpoint(tmp_path / "last.pt", memory_attention_dropout=0.0)
+    assert stored_run_config(run) == load_training_checkpoint(run)["config"]
+    assert stored_run_config(run)["model"]["memory_attention_dropout"] == 0.0
+    legacy = tmp_path / "legacy.pt"  # torch.save's pre-1.6 format cannot be memory-mapped: read whole
+    torch.save(torch.load(run, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert stored_run_config(legacy) == stored_run_config(run)
+    official = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, official)
+    assert stored_run_config(official) is None
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(UserInputError, match="notes.pt: not a PyTorch checkpoint"):
+        stored_run_config(notes)

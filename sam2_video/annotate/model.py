@@ -10,7 +10,7 @@ import torch
 from sam2_video.config import stored_model_section
 from sam2_video.errors import UserInputError
 from sam2_video.model.presets import PRESET_NAMES, sam2_config
-from sam2_video.model.run_checkpoint import load_training_checkpoint
+from sam2_video.model.run_checkpoint import stored_run_config
 from sam2_video.predict.video_predictor import SAM2VideoPredictor, build_sam2_video_predictor
 from sam2_video.train.family import model_family
 from sam2_video.train.sam2_family import SAM2Family
@@ -29,7 +29,7 @@ def build_predictor(checkpoint: Path | None, preset: str | None, image_size: int
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise UserInputError(f"--checkpoint {checkpoint}: file not found")
-        run = stored_model_section(load_training_checkpoint(checkpoint).get("config"), f"--checkpoint {checkpoint}")
+        run = stored_model_section(stored_run_config(checkpoint), f"--checkpoint {checkpoint}")
         if run is not None:
             if not isinstance(model_family(run), SAM2Family):
                 raise UserInputError(f"--checkpoint {checkpoint}: a {run.model!r} training run; annotate needs "

@@ -21,7 +21,7 @@ from sam2_video.device import resolve_device, slow_bfloat16_warning
 from sam2_video.errors import UserInputError
 from sam2_video.io import check_not_inside_inputs, check_output_file, check_output_folder
 from sam2_video.model.presets import PRESET_NAMES, sam2_config
-from sam2_video.model.run_checkpoint import load_training_checkpoint
+from sam2_video.model.run_checkpoint import stored_run_config
 from sam2_video.predict.masks_io import write_overlay_video, write_palette_png
 from sam2_video.predict.tracking import (
     Prompt,
@@ -130,7 +130,7 @@ def build_predictor(args: argparse.Namespace) -> VideoPredictor:
 
     run = None
     if args.checkpoint is not None:  # a training run's last.pt / best.pt says how it was built
-        run = stored_model_section(load_training_checkpoint(args.checkpoint).get("config"),
+        run = stored_model_section(stored_run_config(args.checkpoint),
                                    f"--checkpoint {args.checkpoint}")
     if run is not None and run.model != args.model:
         raise UserInputError(f"--checkpoint {args.checkpoint}: a {run.model!r} training run; pass --model {run.model}")

@@ -20,7 +20,7 @@ from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path, check_output_file
 from sam2_video.model.build import _describe
 from sam2_video.model.presets import PRESET_NAMES, SAM2Config, sam2_config
-from sam2_video.model.run_checkpoint import load_training_checkpoint
+from sam2_video.model.run_checkpoint import load_training_checkpoint, stored_run_config
 from sam2_video.train.family import model_family
 from sam2_video.train.sam2_family import SAM2Family
 
@@ -106,7 +106,7 @@ def export_weights(checkpoint_path: str | Path, output_path: str | Path) -> Path
 def run(args: argparse.Namespace) -> int:
     output = export_weights(args.checkpoint, args.output)
     print(f"wrote {output}: model weights only, official SAM2 format {{'model': state_dict}}")
-    run_section = stored_model_section(load_training_checkpoint(args.checkpoint).get("config"), str(args.checkpoint))
+    run_section = stored_model_section(stored_run_config(args.checkpoint), str(args.checkpoint))
     if run_section is not None and run_section.multimask_output_for_tracking is False:
         print("note: this run tracked with one mask per frame (model.multimask_output_for_tracking: false); give the "
               "official predictor the same, e.g. hydra overrides ++model.multimask_output_for_tracking=false "
