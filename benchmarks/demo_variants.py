@@ -23,8 +23,7 @@ import torch
 import yaml
 
 from sam2_video.config import load_config
-from sam2_video.data import synthesize
-from sam2_video.demo import TRAINING_OBJECTS, add_arguments, check_arguments, demo_config
+from sam2_video.demo import add_arguments, check_arguments, demo_config, generate_videos
 from sam2_video.errors import UserInputError
 from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.cli import build_model, build_validator, train
@@ -35,10 +34,7 @@ def videos(args: argparse.Namespace, data: Path) -> tuple[Path, Path]:
     """The demo's training and held-out folders for these flags, generated once."""
     root = data / f"{args.model}_seed{args.seed}_{args.train_videos}x{args.frames}_{args.val_videos}_{args.image_size}px"
     if not (root / "complete").exists():
-        synthesize(root / "train", args.train_videos, num_frames=args.frames, image_size=args.image_size,
-                   seed=args.seed, num_objects=TRAINING_OBJECTS[args.model])
-        synthesize(root / "val", args.val_videos, num_frames=args.frames, image_size=args.image_size,
-                   seed=args.seed + 1_000_003)
+        generate_videos(args, root)
         (root / "complete").write_text("")
     return root / "train", root / "val"
 

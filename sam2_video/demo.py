@@ -119,6 +119,17 @@ def demo_config(args: argparse.Namespace, out: Path, train_root: Path, val_root:
     return RunConfig(model=model, dataset=data, train=train_section)
 
 
+def generate_videos(args: argparse.Namespace, data_root: Path) -> tuple[Path, Path]:
+    """Write the demo's training and held-out videos (`data_root/train`, `data_root/val`) for these flags.
+
+    The held-out videos have their own seed and always 1-3 objects, whatever the model trains on."""
+    train_root = synthesize(data_root / "train", args.train_videos, num_frames=args.frames,
+                            image_size=args.image_size, seed=args.seed, num_objects=TRAINING_OBJECTS[args.model])
+    val_root = synthesize(data_root / "val", args.val_videos, num_frames=args.frames,
+                          image_size=args.image_size, seed=args.seed + 1_000_003)
+    return train_root, val_root
+
+
 def copy_first_mask(val_root: Path, out_root: Path) -> None:
     """Baseline: every object keeps, on all later frames, the mask it has on its first annotated frame."""
     for video in sorted(p for p in (val_root / "Annotations").iterdir() if p.is_dir()):
@@ -145,10 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--out {out}: folder exists and is not empty; choose a new folder (nothing was changed)")
     torch.manual_seed(args.seed)
     print(f"[1/4] generating {args.train_videos} training and {args.val_videos} held-out videos in {out / 'data'}")
-    train_root = synthesize(out / "data" / "train", args.train_videos, num_frames=args.frames,
-                            image_size=args.image_size, seed=args.seed, num_objects=TRAINING_OBJECTS[args.model])
-    val_root = synthesize(out / "data" / "val", args.val_videos, num_frames=args.frames,
-                          image_size=args.image_size, seed=args.seed + 1_000_003)
+    train_root, val_root = generate_videos(args, out / "data")
     config = demo_config(args, out, train_root, val_root)
     validate = build_validator(config)
 
