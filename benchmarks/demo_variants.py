@@ -1,5 +1,5 @@
-"""Train the demo's model with some settings changed and print its held-out J&F after every epoch:
-how the settings of `sam2-video demo` (`sam2_video/demo.py`, `configs/demo.yaml`) were chosen.
+"""Train the demo's model with some settings changed and print its J&F after every epoch: how the
+settings of `sam2-video demo` (`sam2_video/demo.py`, `configs/demo.yaml`) were chosen.
 
     python benchmarks/demo_variants.py --seed 2                          # the demo's own settings
     python benchmarks/demo_variants.py --seed 2 train.focal_alpha=0.25   # the official focal weighting
@@ -7,8 +7,9 @@ how the settings of `sam2-video demo` (`sam2_video/demo.py`, `configs/demo.yaml`
 
 The seed's videos are generated as the demo does (kept under --data for the next variant), the
 demo's run config gets the `section.key=value` overrides (checked like `sam2-video train`'s), and the
-run validates every epoch. The last line is the J&F of the final weights, scored as the demo scores
-them. Each line also goes to --results (JSON lines). One run takes 5-10 CPU minutes.
+run scores every epoch on the selection videos (which choose `best.pt`, as in the demo) and on the
+held-out ones. The last lines are the held-out J&F of the final weights and of `best.pt`, the demo's
+figure. Each line also goes to --results (JSON lines). One run takes 5-10 CPU minutes.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,13 +32,14 @@ from sam2_video.train.cli import build_model, build_validator, train
 from sam2_video.train.metrics_log import read_metrics
 
 
-def videos(args: argparse.Namespace, data: Path) -> tuple[Path, Path]:
-    """The demo's training and held-out folders for these flags, generated once."""
-    root = data / f"{args.model}_seed{args.seed}_{args.train_videos}x{args.frames}_{args.val_videos}_{args.image_size}px"
+def videos(args: argparse.Namespace, data: Path) -> tuple[Path, Path, Path]:
+    """The demo's training, selection and held-out folders for these flags, generated once."""
+    root = data / (f"{args.model}_seed{args.seed}_{args.train_videos}x{args.frames}_{args.select_videos}_"
+                   f"{args.val_videos}_{args.image_size}px")
     if not (root / "complete").exists():
         generate_videos(args, root)
         (root / "complete").write_text("")
-    return root / "train", root / "val"
+    return root / "train", root / "select", root / "val"
 
 
 def main() -> int:
@@ -50,28 +53,41 @@ def main() -> int:
         check_arguments(args)
     except UserInputError as err:
         parser.error(str(err))
-    train_root, val_root = videos(args, args.data)
+    train_root, select_root, val_root = videos(args, args.data)
     with tempfile.TemporaryDirectory(prefix="demo_variant_") as tmp:
         out = Path(tmp)
-        base = demo_config(args, out, train_root, val_root)
+        base = demo_config(args, out, train_root, select_root)
         (out / "base.yaml").write_text(yaml.safe_dump(base.to_dict()))
         try:
             config = load_config(out / "base.yaml", [*args.overrides, "train.val_every_epochs=1"])
         except UserInputError as err:
             parser.error(str(err))
+        select = build_validator(config)
+        held_out = build_validator(replace(config, dataset=replace(config.dataset, val_data_path=str(val_root))))
+
+        def validate(model: torch.nn.Module) -> dict[str, float]:
+            # "J&F" (the selection videos) chooses best.pt
+            return {"J&F": select(model)["J&F"], "held-out J&F": held_out(model)["J&F"]}
+
         torch.manual_seed(args.seed)
         start = time.perf_counter()
-        result = train(config)
+        result = train(config, validate=validate)
         seconds = time.perf_counter() - start
-        per_epoch = [round(row["J&F"], 3) for row in read_metrics(result.out_dir / "metrics.jsonl", kind="val")]
+        rows = read_metrics(result.out_dir / "metrics.jsonl", kind="val")
         model = build_model(config.model, config.dataset, verbose=False)
-        model.load_state_dict(load_training_checkpoint(result.out_dir / "last.pt")["model"])
-        final = build_validator(config)(model)["J&F"]
+        final = {}
+        for name in ("last", "best"):
+            model.load_state_dict(load_training_checkpoint(result.out_dir / f"{name}.pt")["model"])
+            final[name] = held_out(model)["J&F"]
+    per_epoch = {key: [round(row[key], 3) for row in rows] for key in ("J&F", "held-out J&F")}
     line = dict(model=args.model, seed=args.seed, train_videos=args.train_videos, epochs=args.epochs,
-                overrides=args.overrides, jf_per_epoch=per_epoch, jf_final=round(final, 3),
-                steps=result.steps, train_seconds=round(seconds))
-    print(f"held-out J&F per epoch: {' '.join(f'{v:.3f}' for v in per_epoch)}")
-    print(f"final weights: {final:.3f} ({result.steps} steps, {seconds:.0f} s)")
+                overrides=args.overrides, jf_selection_per_epoch=per_epoch["J&F"],
+                jf_per_epoch=per_epoch["held-out J&F"], jf_final=round(final["last"], 3),
+                jf_best_pt=round(final["best"], 3), steps=result.steps, train_seconds=round(seconds))
+    print(f"selection J&F per epoch: {' '.join(f'{v:.3f}' for v in per_epoch['J&F'])}")
+    print(f"held-out J&F per epoch:  {' '.join(f'{v:.3f}' for v in per_epoch['held-out J&F'])}")
+    print(f"held-out J&F of the final weights: {final['last']:.3f}, of best.pt (the demo's figure): "
+          f"{final['best']:.3f} ({result.steps} steps, {seconds:.0f} s)")
     with args.results.open("a") as results:
         results.write(json.dumps(line) + "\n")
     return 0

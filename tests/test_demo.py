@@ -13,8 +13,9 @@ from PIL import Image
 from sam2_video.cli import main
 from sam2_video.evaluate.davis import evaluate_davis
 from sam2_video.predict.masks_io import read_mask_png
+from sam2_video.train.metrics_log import read_metrics
 
-TOY = ["--train-videos", "2", "--val-videos", "2", "--frames", "4", "--epochs", "2", "--image-size", "64"]
+TOY = ["--train-videos", "2", "--select-videos", "1", "--val-videos", "2", "--frames", "4", "--epochs", "2", "--image-size", "64"]
 EVAL_KINDS = ("untrained", "copy_first_mask", "finetuned")
 
 
@@ -39,6 +40,14 @@ def test_demo_layout_report_and_predictions(model: str, tmp_path: Path, stcn_dem
     assert report["train_seconds"] > 0
     videos = sorted(p.name for p in (out / "data" / "val" / "Annotations").iterdir())
     assert len(videos) == 2 and len(list((out / "data" / "train" / "JPEGImages").iterdir())) == 2
+    # the checkpoint is chosen on videos of its own, not on the held-out ones it is scored on
+    selection = sorted(p.name for p in (out / "data" / "select" / "JPEGImages").iterdir())
+    assert len(selection) == 1
+    first_frames = [np.asarray(Image.open(out / "data" / split / "JPEGImages" / selection[0] / "00000.jpg"))
+                    for split in ("select", "val")]
+    assert not np.array_equal(*first_frames)
+    validated = read_metrics(out / "train" / "metrics.jsonl", kind="val")
+    assert [row["epoch"] for row in validated] == [2]  # every other epoch
     for kind in EVAL_KINDS:
         for video in videos:
             frames = sorted(p.stem for p in (out / "data" / "val" / "JPEGImages" / video).iterdir())
@@ -55,7 +64,9 @@ def test_demo_layout_report_and_predictions(model: str, tmp_path: Path, stcn_dem
                                   read_mask_png(first))
     assert (out / "train" / "last.pt").is_file() and (out / "train" / "best.pt").is_file()
     assert (out / "train" / "loss_curve.png").is_file() and any((out / "train" / "tensorboard").iterdir())
-    assert report["checkpoint"] == str(out / "train" / "last.pt")
+    assert report["checkpoint"] == str(out / "train" / "best.pt")
+    best = max(validated, key=lambda row: row["J&F"])
+    assert report["checkpoint_epoch"] == best["epoch"]
 
 
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
