@@ -132,6 +132,10 @@ def demo_config(args: argparse.Namespace, out: Path, train_root: Path, select_ro
     return RunConfig(model=model, dataset=data, train=train_section)
 
 
+# Seeds of the held-out and checkpoint-selection videos: `--seed` plus these (the training videos use `--seed`).
+HELD_OUT_SEED_OFFSET, SELECTION_SEED_OFFSET = 1_000_003, 2_000_003
+
+
 def generate_videos(args: argparse.Namespace, data_root: Path) -> tuple[Path, Path, Path]:
     """Write the demo's training, checkpoint-selection and held-out videos (`data_root/train`,
     `data_root/select`, `data_root/val`) for these flags and return the three folders.
@@ -142,9 +146,9 @@ def generate_videos(args: argparse.Namespace, data_root: Path) -> tuple[Path, Pa
     train_root = synthesize(data_root / "train", args.train_videos, num_frames=args.frames,
                             image_size=args.image_size, seed=args.seed, num_objects=TRAINING_OBJECTS[args.model])
     select_root = synthesize(data_root / "select", args.select_videos, num_frames=args.frames,
-                             image_size=args.image_size, seed=args.seed + 2_000_003)
+                             image_size=args.image_size, seed=args.seed + SELECTION_SEED_OFFSET)
     val_root = synthesize(data_root / "val", args.val_videos, num_frames=args.frames,
-                          image_size=args.image_size, seed=args.seed + 1_000_003)
+                          image_size=args.image_size, seed=args.seed + HELD_OUT_SEED_OFFSET)
     return train_root, select_root, val_root
 
 

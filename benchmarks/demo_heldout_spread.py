@@ -1,0 +1,71 @@
+"""How much a demo's held-out J&F depends on which videos are held out: score a finished
+`sam2-video demo` run's `best.pt` on more held-out videos, generated as the demo generates its own
+(video i is the same as the demo's `data/val` video i), and print J&F per set of 8 and on all.
+
+    python benchmarks/demo_heldout_spread.py runs/demo --videos 40
+
+The copy-the-first-mask baseline is scored on the same videos. Generated videos go to --data
+(kept for the next call); predictions to a temporary folder. One call takes about a second per video.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from sam2_video.config import load_config
+from sam2_video.data import synthesize
+from sam2_video.demo import HELD_OUT_SEED_OFFSET, copy_first_mask
+from sam2_video.evaluate.davis import evaluate_davis
+from sam2_video.train.checkpoint import load_training_checkpoint
+from sam2_video.train.cli import build_model, build_validator
+
+SET_SIZE = 8
+
+
+def held_out_videos(demo: Path, count: int, seed: int, data: Path) -> Path:
+    """`count` held-out videos of the demo's kind (frames and size as its `data/val`), generated once."""
+    first = sorted((demo / "data" / "val" / "JPEGImages").iterdir())[0]
+    frames = sorted(first.iterdir())
+    with Image.open(frames[0]) as image:
+        size = image.height
+    root = data / f"seed{seed}_{count}x{len(frames)}_{size}px"
+    if not (root / "complete").exists():
+        synthesize(root, count, num_frames=len(frames), image_size=size, seed=seed + HELD_OUT_SEED_OFFSET)
+        (root / "complete").write_text("")
+    return root
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("demo", type=Path, help="output folder of a finished `sam2-video demo`")
+    parser.add_argument("--videos", type=int, default=40, help="held-out videos to generate and score")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "sam2_video_heldout_spread")
+    args = parser.parse_args()
+    run_config = args.demo / "train" / "config.yaml"
+    if not run_config.is_file() or not (args.demo / "train" / "best.pt").is_file():
+        parser.error(f"{args.demo}: not a finished `sam2-video demo` folder (no train/config.yaml or train/best.pt)")
+    config = load_config(run_config)
+    root = held_out_videos(args.demo, args.videos, config.train.seed, args.data)
+    config = load_config(run_config, [f"dataset.val_data_path={root}"])
+    model = build_model(config.model, config.dataset, verbose=False)
+    model.load_state_dict(load_training_checkpoint(args.demo / "train" / "best.pt")["model"])
+    names = sorted(p.name for p in (root / "Annotations").iterdir())
+    with tempfile.TemporaryDirectory(prefix="heldout_spread_") as tmp:
+        predictions, copies = Path(tmp) / "best", Path(tmp) / "copy"
+        build_validator(config)(model, predictions)
+        copy_first_mask(root, copies)
+        for label, folder in (("best.pt", predictions), ("copy first mask", copies)):
+            sets = [evaluate_davis(root / "Annotations", folder, sequences=names[i : i + SET_SIZE]).summary()["J&F-Mean"]
+                    for i in range(0, len(names), SET_SIZE)]
+            everything = evaluate_davis(root / "Annotations", folder).summary()["J&F-Mean"]
+            print(f"{label:<16} J&F on all {len(names)} videos {everything:.3f}; per set of {SET_SIZE}: "
+                  f"{' '.join(f'{v:.3f}' for v in sets)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
