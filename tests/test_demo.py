@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 
 from sam2_video.cli import main
+from sam2_video.config import load_config
 from sam2_video.evaluate.davis import evaluate_davis
 from sam2_video.predict.masks_io import read_mask_png
 from sam2_video.train.metrics_log import read_metrics
 
-TOY = ["--train-videos", "2", "--select-videos", "1", "--val-videos", "2", "--frames", "4", "--epochs", "2", "--image-size", "64"]
+TOY = ["--train-videos", "2", "--select-videos", "1", "--val-videos", "2", "--frames", "4", "--epochs", "2",
+       "--image-size", "64"]
 EVAL_KINDS = ("untrained", "copy_first_mask", "finetuned")
 
 
@@ -46,6 +48,7 @@ def test_demo_layout_report_and_predictions(model: str, tmp_path: Path, stcn_dem
     first_frames = [np.asarray(Image.open(out / "data" / split / "JPEGImages" / selection[0] / "00000.jpg"))
                     for split in ("select", "val")]
     assert not np.array_equal(*first_frames)
+    assert load_config(out / "train" / "config.yaml").dataset.val_data_path == str(out / "data" / "select")
     validated = read_metrics(out / "train" / "metrics.jsonl", kind="val")
     assert [row["epoch"] for row in validated] == [2]  # every other epoch
     for kind in EVAL_KINDS:
