@@ -21,7 +21,8 @@ from sam2_video.data import synthesize
 from sam2_video.demo import HELD_OUT_SEED_OFFSET, copy_first_mask
 from sam2_video.evaluate.davis import evaluate_davis
 from sam2_video.train.checkpoint import load_training_checkpoint
-from sam2_video.train.cli import build_model, build_validator
+from sam2_video.train.cli import build_model
+from sam2_video.train.family import model_family
 
 SET_SIZE = 8
 
@@ -50,13 +51,12 @@ def main() -> int:
         parser.error(f"{args.demo}: not a finished `sam2-video demo` folder (no train/config.yaml or train/best.pt)")
     config = load_config(run_config)
     root = held_out_videos(args.demo, args.videos, config.train.seed, args.data)
-    config = load_config(run_config, [f"dataset.val_data_path={root}"])
     model = build_model(config.model, config.dataset, verbose=False)
     model.load_state_dict(load_training_checkpoint(args.demo / "train" / "best.pt")["model"])
     names = sorted(p.name for p in (root / "Annotations").iterdir())
     with tempfile.TemporaryDirectory(prefix="heldout_spread_") as tmp:
         predictions, copies = Path(tmp) / "best", Path(tmp) / "copy"
-        build_validator(config)(model, predictions)
+        model_family(config.model).build_validator(str(root))(model, predictions)
         copy_first_mask(root, copies)
         for label, folder in (("best.pt", predictions), ("copy first mask", copies)):
             sets = [evaluate_davis(root / "Annotations", folder, sequences=names[i : i + SET_SIZE]).summary()["J&F-Mean"]

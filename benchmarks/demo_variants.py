@@ -18,7 +18,6 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +27,8 @@ from sam2_video.config import load_config
 from sam2_video.demo import add_arguments, check_arguments, demo_config, generate_videos
 from sam2_video.errors import UserInputError
 from sam2_video.train.checkpoint import load_training_checkpoint
-from sam2_video.train.cli import build_model, build_validator, train
+from sam2_video.train.cli import build_model, train
+from sam2_video.train.family import model_family
 from sam2_video.train.metrics_log import read_metrics
 
 
@@ -62,8 +62,8 @@ def main() -> int:
             config = load_config(out / "base.yaml", [*args.overrides, "train.val_every_epochs=1"])
         except UserInputError as err:
             parser.error(str(err))
-        select = build_validator(config)
-        held_out = build_validator(replace(config, dataset=replace(config.dataset, val_data_path=str(val_root))))
+        family = model_family(config.model)
+        select, held_out = family.build_validator(str(select_root)), family.build_validator(str(val_root))
 
         def validate(model: torch.nn.Module) -> dict[str, float]:
             # "J&F" (the selection videos) chooses best.pt

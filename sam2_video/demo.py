@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ from sam2_video.evaluate.davis import evaluate_davis
 from sam2_video.io import atomic_path, check_output_folder
 from sam2_video.predict.masks_io import VOID_ID, read_mask_png, write_palette_png
 from sam2_video.train.checkpoint import load_training_checkpoint
-from sam2_video.train.cli import build_model, build_validator, train
+from sam2_video.train.cli import build_model, train
+from sam2_video.train.family import model_family
 
 SAM2_TRAINABLE_MODULES = [
     "image_encoder", "sam_prompt_encoder", "sam_mask_decoder", "memory_attention", "memory_encoder",
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.val_videos} held-out videos in {out / 'data'}")
     train_root, select_root, val_root = generate_videos(args, out / "data")
     config = demo_config(args, out, train_root, select_root)
-    validate = build_validator(replace(config, dataset=replace(config.dataset, val_data_path=str(val_root))))
+    validate = model_family(config.model).build_validator(str(val_root))  # the held-out videos
 
     print("[2/4] scoring the untrained model and the copy-the-first-mask baseline")
     untrained = build_model(config.model, config.dataset, verbose=False)
