@@ -4,6 +4,7 @@ Here, below train/ and predict/, because both read them: resume, STCN prediction
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,9 @@ def _load(path: Path, mmap: bool) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        # a legacy (pre-zip) file, or a file that is no checkpoint, cannot be memory-mapped: read it whole
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as err:  # the unpickler raises many types (KeyError, IndexError, ...) on other files
-        if mmap:  # a legacy (pre-zip) file cannot be memory-mapped: read it whole
-            return _load(path, mmap=False)
         raise UserInputError(f"{path}: not a PyTorch checkpoint (torch.load failed: {type(err).__name__})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise UserInputError(f"{path}: expected a checkpoint dict with a 'model' entry")

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from sam2_video.config import stored_model_section
+from sam2_video.config import ModelSection, stored_model_section
 from sam2_video.errors import UserInputError
 from sam2_video.io import atomic_path, check_output_file
 from sam2_video.model.build import _describe
 from sam2_video.model.presets import PRESET_NAMES, SAM2Config, sam2_config
-from sam2_video.model.run_checkpoint import load_training_checkpoint, stored_run_config
+from sam2_video.model.run_checkpoint import load_training_checkpoint
 from sam2_video.train.family import model_family
 from sam2_video.train.sam2_family import SAM2Family
 
@@ -61,9 +61,10 @@ def _summary(differences: dict[str, list[str]]) -> str:
     return "; ".join(f"{len(keys)} {what}: {_describe(keys)}" for what, keys in differences.items())
 
 
-def _check_sam2_weights(checkpoint: dict[str, Any], source: Path) -> None:
+def _check_sam2_weights(checkpoint: dict[str, Any], source: Path) -> ModelSection | None:
     """Refuse `checkpoint` unless its weights have the keys and shapes of SAM2: of its run's preset for a
-    training checkpoint, of some preset otherwise. The message names the mismatch."""
+    training checkpoint, of some preset otherwise. The message names the mismatch. Returns the run's
+    model section (None for official weights)."""
     run = stored_model_section(checkpoint.get("config"), str(source))
     state_dict = checkpoint["model"]
     if run is not None:
@@ -78,12 +79,12 @@ def _check_sam2_weights(checkpoint: dict[str, Any], source: Path) -> None:
         if differences:
             raise UserInputError(f"{source}: its weights do not match {sam2.name}, the preset of its run: "
                                  f"{_summary(differences)}")
-        return
+        return run
     by_preset = {}
     for name in PRESET_NAMES:
         by_preset[name] = _differences(state_dict, sam2_config(name))
         if not by_preset[name]:
-            return
+            return None
     closest = min(by_preset, key=lambda name: sum(map(len, by_preset[name].values())))
     raise UserInputError(f"{source}: not a SAM2 checkpoint: its weights match no SAM2 preset; against the "
                          f"closest, {closest}: {_summary(by_preset[closest])}")
@@ -91,22 +92,26 @@ def _check_sam2_weights(checkpoint: dict[str, Any], source: Path) -> None:
 
 def export_weights(checkpoint_path: str | Path, output_path: str | Path) -> Path:
     """Write `{"model": state_dict}` of a SAM2 checkpoint to `output_path` atomically; never overwrites."""
-    checkpoint_path, output_path = Path(checkpoint_path), Path(output_path)
+    return _export(Path(checkpoint_path), Path(output_path))[0]
+
+
+def _export(checkpoint_path: Path, output_path: Path) -> tuple[Path, ModelSection | None]:
+    """`export_weights`, also returning the run's model section (None for official weights): the
+    checkpoint is read once."""
     if output_path.exists() and not output_path.is_dir():
         raise UserInputError(f"{output_path} already exists; choose another output name (export never overwrites)")
     check_output_file(output_path, "OUT")
     checkpoint = _load(checkpoint_path)
-    _check_sam2_weights(checkpoint, checkpoint_path)
+    run_section = _check_sam2_weights(checkpoint, checkpoint_path)
     state_dict = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint["model"].items()}
     with atomic_path(output_path) as tmp:
         torch.save({"model": state_dict}, tmp)
-    return output_path
+    return output_path, run_section
 
 
 def run(args: argparse.Namespace) -> int:
-    output = export_weights(args.checkpoint, args.output)
+    output, run_section = _export(Path(args.checkpoint), Path(args.output))
     print(f"wrote {output}: model weights only, official SAM2 format {{'model': state_dict}}")
-    run_section = stored_model_section(stored_run_config(args.checkpoint), str(args.checkpoint))
     if run_section is not None and run_section.multimask_output_for_tracking is False:
         print("note: this run tracked with one mask per frame (model.multimask_output_for_tracking: false); give the "
               "official predictor the same, e.g. hydra overrides ++model.multimask_output_for_tracking=false "
