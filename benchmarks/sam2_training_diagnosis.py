@@ -7,7 +7,9 @@ Prints, for the run's `last.pt`:
 1. held-out loss per term and per first-prompt kind (mask, box, one click, one click + correction
    clicks), split into prompted frames (all decoder steps) and tracked frames (no prompt);
 2. held-out J per frame distance from each object's prompted frame, with the memory as trained and
-   with the memory zeroed (memory attention reads zeros: does tracking use the memory at all?);
+   with the memory zeroed (memory attention reads zeros: does tracking use the memory at all?), the
+   predicted / true area (a tracker that shrinks the mask frame after frame shows it) and the failed
+   frames split into objects lost to the background and objects taken over by another object;
 3. on tracked frames (mask prompt on the first frame): J of the mask the IoU head chooses against
    the best of the decoder's multimask outputs, and the IoU each output predicts against its real J;
 4. gradient norms per module over training (from `metrics.jsonl`, first / middle / last quarter).
@@ -80,15 +82,29 @@ def _one_frame(batch, t: int):
                                obj_to_frame_idx=batch.obj_to_frame_idx[t : t + 1])
 
 
-def j_per_distance(model, val_root: Path, zero_memory: bool) -> dict[tuple[int, int], float]:
-    """Mean J per bin of frame distance from each object's first annotated (prompted) frame."""
+@dataclasses.dataclass
+class DistanceStats:
+    """Per bin of frame distance from an object's prompted frame, over the frames where it is visible:
+    J, predicted / true area, and failures (J < FAILED_J) split by who has most of its true pixels."""
+
+    j: list[float] = dataclasses.field(default_factory=list)
+    area_ratio: list[float] = dataclasses.field(default_factory=list)
+    lost: int = 0  # most of the object's true pixels predicted as background
+    taken: int = 0  # most of them predicted as another object
+
+
+FAILED_J = 0.2
+
+
+def j_per_distance(model, val_root: Path, zero_memory: bool) -> dict[tuple[int, int], DistanceStats]:
+    """`DistanceStats` per bin of frame distance from each object's first annotated (prompted) frame."""
     hook = None
     if zero_memory:
         def zero(module, args, kwargs):
             kwargs["memory"] = torch.zeros_like(kwargs["memory"])
             return args, kwargs
         hook = model.memory_attention.register_forward_pre_hook(zero, with_kwargs=True)
-    per_bin: dict[tuple[int, int], list[float]] = defaultdict(list)
+    per_bin: dict[tuple[int, int], DistanceStats] = defaultdict(DistanceStats)
     try:
         model.eval()
         predictor = SAM2VideoPredictor(model)
@@ -101,14 +117,22 @@ def j_per_distance(model, val_root: Path, zero_memory: bool) -> dict[tuple[int, 
                 for obj in sorted(set(np.unique(np.stack(gts)).tolist()) - {0, 255}):
                     first = next(t for t, gt in enumerate(gts) if (gt == obj).any())
                     for t in range(first + 1, len(gts)):
-                        j = region_similarity(gts[t] == obj, preds[t] == obj)
-                        for low, high in DISTANCE_BINS:
-                            if low <= t - first <= high:
-                                per_bin[(low, high)].append(j)
+                        truth = gts[t] == obj
+                        if not truth.any():
+                            continue
+                        stats = next(per_bin[b] for b in DISTANCE_BINS if b[0] <= t - first <= b[1])
+                        j = region_similarity(truth, preds[t] == obj)
+                        stats.j.append(j)
+                        stats.area_ratio.append(float((preds[t] == obj).sum() / truth.sum()))
+                        if j < FAILED_J:
+                            ids, counts = np.unique(preds[t][truth], return_counts=True)
+                            owner = ids[counts.argmax()]
+                            stats.lost += int(owner == 0)
+                            stats.taken += int(owner not in (0, obj))
     finally:
         if hook is not None:
             hook.remove()
-    return {b: float(np.mean(v)) for b, v in per_bin.items()}
+    return dict(per_bin)
 
 
 def multimask_choice(model, config, val_root: Path) -> None:
@@ -176,12 +200,16 @@ def main() -> int:
     loss_per_prompt_kind(model, config, val_root, args.batches)
     with_memory = j_per_distance(model, val_root, zero_memory=False)
     without = j_per_distance(model, val_root, zero_memory=True)
-    print("\n2. held-out J per frame distance from the prompted frame")
-    print(f"   {'distance':<12}{'memory':>10}{'zeroed':>10}")
+    print("\n2. held-out J per frame distance from the prompted frame (frames where the object is visible);")
+    print(f"   area: predicted / true area (median); failures (J < {FAILED_J}): true pixels mostly background /")
+    print("   mostly another object's")
+    print(f"   {'distance':<12}{'frames':>8}{'J memory':>10}{'J zeroed':>10}{'area':>8}{'lost':>7}{'taken':>7}")
     for low, high in DISTANCE_BINS:
         if (low, high) in with_memory:
             label = f"{low}" if low == high else f"{low}-{high}" if high < 10**9 else f"{low}+"
-            print(f"   {label:<12}{with_memory[(low, high)]:10.3f}{without[(low, high)]:10.3f}")
+            stats = with_memory[(low, high)]
+            print(f"   {label:<12}{len(stats.j):8d}{np.mean(stats.j):10.3f}{np.mean(without[(low, high)].j):10.3f}"
+                  f"{np.median(stats.area_ratio):8.2f}{stats.lost:7d}{stats.taken:7d}")
     multimask_choice(model, config, val_root)
     gradient_norms(run_dir / "metrics.jsonl")
     return 0
