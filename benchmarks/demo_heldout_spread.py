@@ -17,8 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from sam2_video.config import load_config
-from sam2_video.data import synthesize
-from sam2_video.demo import HELD_OUT_SEED_OFFSET, copy_first_mask
+from sam2_video.demo import copy_first_mask, synthesize_held_out
 from sam2_video.evaluate.davis import evaluate_davis
 from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.cli import build_model
@@ -35,7 +34,7 @@ def held_out_videos(demo: Path, count: int, seed: int, data: Path) -> Path:
         size = image.height
     root = data / f"seed{seed}_{count}x{len(frames)}_{size}px"
     if not (root / "complete").exists():
-        synthesize(root, count, num_frames=len(frames), image_size=size, seed=seed + HELD_OUT_SEED_OFFSET)
+        synthesize_held_out(root, count, len(frames), size, seed)
         (root / "complete").write_text("")
     return root
 

@@ -147,9 +147,14 @@ def generate_videos(args: argparse.Namespace, data_root: Path) -> tuple[Path, Pa
                             image_size=args.image_size, seed=args.seed, num_objects=TRAINING_OBJECTS[args.model])
     select_root = synthesize(data_root / "select", args.select_videos, num_frames=args.frames,
                              image_size=args.image_size, seed=args.seed + SELECTION_SEED_OFFSET)
-    val_root = synthesize(data_root / "val", args.val_videos, num_frames=args.frames,
-                          image_size=args.image_size, seed=args.seed + HELD_OUT_SEED_OFFSET)
+    val_root = synthesize_held_out(data_root / "val", args.val_videos, args.frames, args.image_size, args.seed)
     return train_root, select_root, val_root
+
+
+def synthesize_held_out(folder: Path, count: int, num_frames: int, image_size: int, seed: int) -> Path:
+    """The demo's held-out videos for `--seed seed` in `folder`; video i is the same whatever `count`
+    (benchmarks/demo_heldout_spread.py scores more of them than the demo does)."""
+    return synthesize(folder, count, num_frames=num_frames, image_size=image_size, seed=seed + HELD_OUT_SEED_OFFSET)
 
 
 def copy_first_mask(val_root: Path, out_root: Path) -> None:
