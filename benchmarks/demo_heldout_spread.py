@@ -18,7 +18,7 @@ from PIL import Image
 
 from sam2_video.config import load_config
 from sam2_video.demo import copy_first_mask, synthesize_held_out
-from sam2_video.evaluate.davis import evaluate_davis
+from sam2_video.evaluate.davis import DavisResult, evaluate_davis
 from sam2_video.train.checkpoint import load_training_checkpoint
 from sam2_video.train.cli import build_model
 from sam2_video.train.family import model_family
@@ -52,17 +52,17 @@ def main() -> int:
     root = held_out_videos(args.demo, args.videos, config.train.seed, args.data)
     model = build_model(config.model, config.dataset, verbose=False)
     model.load_state_dict(load_training_checkpoint(args.demo / "train" / "best.pt")["model"])
-    names = sorted(p.name for p in (root / "Annotations").iterdir())
     with tempfile.TemporaryDirectory(prefix="heldout_spread_") as tmp:
         predictions, copies = Path(tmp) / "best", Path(tmp) / "copy"
         model_family(config.model).build_validator(str(root))(model, predictions)
         copy_first_mask(root, copies)
         for label, folder in (("best.pt", predictions), ("copy first mask", copies)):
-            sets = [evaluate_davis(root / "Annotations", folder, sequences=names[i : i + SET_SIZE]).summary()["J&F-Mean"]
-                    for i in range(0, len(names), SET_SIZE)]
-            everything = evaluate_davis(root / "Annotations", folder).summary()["J&F-Mean"]
-            print(f"{label:<16} J&F on all {len(names)} videos {everything:.3f}; per set of {SET_SIZE}: "
-                  f"{' '.join(f'{v:.3f}' for v in sets)}")
+            result = evaluate_davis(root / "Annotations", folder)  # scored once; sets are slices of its videos
+            videos = sorted(result.sequences, key=lambda seq: seq.sequence)
+            sets = [DavisResult(videos[i : i + SET_SIZE]).summary()["J&F-Mean"]
+                    for i in range(0, len(videos), SET_SIZE)]
+            print(f"{label:<16} J&F on all {len(videos)} videos {result.summary()['J&F-Mean']:.3f}; per set of "
+                  f"{SET_SIZE}: {' '.join(f'{v:.3f}' for v in sets)}")
     return 0
 
 
