@@ -205,6 +205,36 @@ def test_unknown_trainable_module_lists_valid_names():
         SAM2Model(config_path=TINY, image_size=SIZE, prob_to_use_pt_input=0.5, verbose=False)
 
 
+def test_from_random_weights_memory_is_read_at_the_querys_own_position(tmp_path: Path):
+    """Training from random weights starts with memory attention reading each memory frame where the
+    query is (the demo's tracker otherwise learned to use its memory only after a seed-dependent plateau);
+    weights from a checkpoint are kept as they are."""
+    model = SAM2Model(config_path=TINY, image_size=SIZE, verbose=False).eval()  # no attention dropout
+    side = SIZE // 16
+    tokens = side * side
+    for layer in model.memory_attention.layers:
+        attention = layer.cross_attn_image
+        queries = torch.zeros(1, tokens, attention.embedding_dim)
+        keys = torch.zeros(1, 2 * tokens, attention.kv_in_dim)  # two memory frames of `tokens` positions
+        with torch.no_grad():
+            plain = attention(queries, keys, keys)
+            read = []  # read[p, i]: how much query i takes from the value marked at position p of frame 2
+            for position in range(tokens):
+                values = keys.clone()
+                values[0, tokens + position] = 1.0
+                read.append((attention(queries, keys, values) - plain)[0].norm(dim=-1))
+        assert torch.equal(torch.stack(read).argmax(dim=0), torch.arange(tokens))
+
+    path = tmp_path / "weights.pt"
+    with torch.no_grad():
+        for layer in model.memory_attention.layers:
+            layer.cross_attn_image.q_proj.bias.normal_()
+    torch.save({"model": model.state_dict()}, path)
+    loaded = SAM2Model(checkpoint_path=path, config_path=TINY, image_size=SIZE, verbose=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
 def test_a_few_steps_decrease_the_loss():
     model = _tiny_model(prob_to_use_pt_input_for_train=0.0,
                         trainable_modules=["memory_attention", "memory_encoder", "sam_mask_decoder"]).train()

@@ -156,6 +156,12 @@ class MemoryAttentionLayer(nn.Module):
         return tgt + self.dropout3(x)
 
 
+# `MemoryAttention.read_memory_at_own_position`: how much more a query's own position weighs (in attention
+# logits) than a key one token away, and on how many of the fastest RoPE rotations of each axis
+POSITION_LOGIT_GAP = 3.0
+POSITION_ROTATIONS = 4
+
+
 class MemoryAttention(nn.Module):
     """Stack of `cfg.memory_attention_layers` MemoryAttentionLayers and a final LayerNorm."""
 
@@ -198,6 +204,33 @@ class MemoryAttention(nn.Module):
             output = run_checkpointed(first, first.attend_self, (curr + 0.1 * curr_pos).transpose(0, 1))
             output = self._attend_memory(output, memory, memory_pos, num_obj_ptr_tokens)
         return self.norm(output).transpose(0, 1)
+
+    @torch.no_grad()
+    def read_memory_at_own_position(self) -> None:
+        """Initialise the cross-attention to memory so that each query starts by reading every memory
+        frame at its own position: an initialisation for training from random weights.
+
+        Why: with the default initialisation this attention is nearly uniform, so a tracked frame reads
+        the average of all memory tokens, which says nothing about where the prompted object is. From
+        random weights the network then first learns to segment salient objects without its memory and
+        finds the memory only after a plateau whose length depends on the seed (the demo's SAM2: 2 to
+        more than 8 of 8 epochs). Here q_proj and k_proj get the same bias on the fastest RoPE rotations
+        of each axis, so q.k peaks where the query's and the key's positions coincide, POSITION_LOGIT_GAP
+        above a key one token away (weights stay random: content moves the attention from there on).
+        """
+        for layer in self.layers:
+            attention = layer.cross_attn_image
+            head_dim = attention.head_dim
+            rotations = axial_rope_frequencies(head_dim, 2, attention.rope_theta)[1, :POSITION_ROTATIONS]
+            # the complex pair p rotates by angle p_x * f_p (x) and the pair head_dim // 4 + p by p_y * f_p (y):
+            # a bias of size a on each gives q.k = a^2 * sum(cos(f_p * offset)) per axis, scaled by 1/sqrt(head_dim)
+            loss_one_token_away = float((1 - rotations.real).sum())
+            size = math.sqrt(POSITION_LOGIT_GAP * math.sqrt(head_dim) / loss_one_token_away)
+            bias = torch.zeros(head_dim)
+            for pair in range(POSITION_ROTATIONS):
+                bias[2 * pair] = bias[2 * (head_dim // 4 + pair)] = size
+            for projection in (attention.q_proj, attention.k_proj):
+                projection.bias.copy_(bias.repeat(attention.num_heads))
 
     def _attend_memory(
         self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_obj_ptr_tokens: int

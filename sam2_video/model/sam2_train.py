@@ -195,9 +195,13 @@ class SAM2Model(SAM2):
     # ---------------------------------------------------------------- set-up
 
     def load(self, device: str | torch.device | None = None) -> "SAM2Model":
-        """Load `checkpoint_path` (if any, strictly), move to `device` and apply `trainable_modules`."""
+        """Load `checkpoint_path` (strictly), or start from random weights whose memory attention reads
+        each memory frame at the query's own position (see `MemoryAttention.read_memory_at_own_position`);
+        move to `device` and apply `trainable_modules`."""
         if self.checkpoint_path is not None:
             load_checkpoint(self, self.checkpoint_path)
+        else:
+            self.memory_attention.read_memory_at_own_position()
         if device is not None:
             self.to(device)
         self.configure_for_training(self.trainable_modules)
