@@ -158,7 +158,7 @@ class MemoryAttentionLayer(nn.Module):
 
 # `MemoryAttention.read_memory_at_own_position`: how much more a query's own position weighs (in attention
 # logits) than a key one token away, and on how many of the fastest RoPE rotations of each axis
-POSITION_LOGIT_GAP = 3.0
+POSITION_LOGIT_GAP = 1.5
 POSITION_ROTATIONS = 4
 
 
