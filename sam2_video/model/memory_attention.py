@@ -224,8 +224,8 @@ class MemoryAttention(nn.Module):
             rotations = axial_rope_frequencies(head_dim, 2, attention.rope_theta)[1, :POSITION_ROTATIONS]
             # the complex pair p rotates by angle p_x * f_p (x) and the pair head_dim // 4 + p by p_y * f_p (y):
             # a bias of size a on each gives q.k = a^2 * sum(cos(f_p * offset)) per axis, scaled by 1/sqrt(head_dim)
-            loss_one_token_away = float((1 - rotations.real).sum())
-            size = math.sqrt(POSITION_LOGIT_GAP * math.sqrt(head_dim) / loss_one_token_away)
+            cosine_drop_one_token_away = float((1 - rotations.real).sum())
+            size = math.sqrt(POSITION_LOGIT_GAP * math.sqrt(head_dim) / cosine_drop_one_token_away)
             bias = torch.zeros(head_dim)
             for pair in range(POSITION_ROTATIONS):
                 bias[2 * pair] = bias[2 * (head_dim // 4 + pair)] = size

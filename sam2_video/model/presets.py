@@ -108,7 +108,7 @@ _TRUNKS = {
                      window_pos_embed_bkg_spatial_size=(7, 7), window_spec=(8, 4, 16, 8)),
     # tiny test trunk: 4 stages, 1 block each, windows small enough for 64-256 px images. Its global
     # attention sits at stride 16, as in the official trunks (stage 3): at stride 4 (block 0) it attended
-    # over 1024 tokens at 128 px and took ~10% of a demo training step
+    # over 1024 tokens at 128 px, and a demo training step took 1.04 s instead of 0.89 s
     "test": HieraConfig(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(2,),
                         window_pos_embed_bkg_spatial_size=(4, 4), window_spec=(4, 2, 2, 2)),
 }
