@@ -80,7 +80,7 @@ def main() -> int:
             model.load_state_dict(load_training_checkpoint(result.out_dir / f"{name}.pt")["model"])
             final[name] = held_out(model)["J&F"]
     per_epoch = {key: [round(row[key], 3) for row in rows] for key in ("J&F", "held-out J&F")}
-    line = dict(model=args.model, seed=args.seed, train_videos=args.train_videos, epochs=args.epochs,
+    line = dict(model=args.model, seed=args.seed, train_videos=args.train_videos, epochs=config.train.epochs,
                 overrides=args.overrides, jf_selection_per_epoch=per_epoch["J&F"],
                 jf_per_epoch=per_epoch["held-out J&F"], jf_final=round(final["last"], 3),
                 jf_best_pt=round(final["best"], 3), steps=result.steps, train_seconds=round(seconds))
