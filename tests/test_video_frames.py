@@ -164,17 +164,22 @@ def prefetch_threads() -> list[threading.Thread]:
 
 def test_threads_stop_on_close_and_when_dropped(long_mp4: tuple[Path, list[torch.Tensor]]):
     path, _ = long_mp4
-    before = len(prefetch_threads())
+    # the threads this test starts, by identity: a thread of an earlier test may end meanwhile
+    before = set(prefetch_threads())
     frames = open_video_frames(path, SIZE)
     frames[0]
-    assert len(prefetch_threads()) == before + 1
+    started = set(prefetch_threads()) - before
+    assert len(started) == 1
     frames.close()
-    assert len(prefetch_threads()) == before
+    assert not any(thread.is_alive() for thread in started)
+    before = set(prefetch_threads())
     frames = open_video_frames(path, SIZE)
     frames[0]
+    started = set(prefetch_threads()) - before
+    assert len(started) == 1
     del frames
     gc.collect()
-    assert wait_for(lambda: len(prefetch_threads()) == before)
+    assert wait_for(lambda: not any(thread.is_alive() for thread in started))
 
 
 @pytest.mark.parametrize("prefetch", [0, 4])
