@@ -162,24 +162,26 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "video-frames-prefetch"]
 
 
+def open_with_its_thread(path: Path):
+    """Frames of `path` after a first read, and the one prefetch thread that read started (found by
+    identity: a thread of an earlier test may end meanwhile)."""
+    before = set(prefetch_threads())
+    frames = open_video_frames(path, SIZE)
+    frames[0]
+    started = set(prefetch_threads()) - before
+    assert len(started) == 1
+    return frames, started.pop()
+
+
 def test_threads_stop_on_close_and_when_dropped(long_mp4: tuple[Path, list[torch.Tensor]]):
     path, _ = long_mp4
-    # the threads this test starts, by identity: a thread of an earlier test may end meanwhile
-    before = set(prefetch_threads())
-    frames = open_video_frames(path, SIZE)
-    frames[0]
-    started = set(prefetch_threads()) - before
-    assert len(started) == 1
+    frames, thread = open_with_its_thread(path)
     frames.close()
-    assert not any(thread.is_alive() for thread in started)
-    before = set(prefetch_threads())
-    frames = open_video_frames(path, SIZE)
-    frames[0]
-    started = set(prefetch_threads()) - before
-    assert len(started) == 1
+    assert not thread.is_alive()
+    frames, thread = open_with_its_thread(path)
     del frames
     gc.collect()
-    assert wait_for(lambda: not any(thread.is_alive() for thread in started))
+    assert wait_for(lambda: not thread.is_alive())
 
 
 @pytest.mark.parametrize("prefetch", [0, 4])
