@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2_video.evaluate.davis import evaluate_davis
+from sam2_video.evaluate.davis import evaluate_davis, present_ids
 from sam2_video.predict.masks_io import read_mask_png
 
 METHODS = ("untrained", "copy_first_mask", "finetuned")
@@ -25,10 +25,13 @@ METHODS = ("untrained", "copy_first_mask", "finetuned")
 def scores(gt_root: Path, pred_root: Path) -> tuple[float, float]:
     """(J&F on all frames, J&F from each object's first visible frame), means over objects."""
     result = evaluate_davis(gt_root, pred_root)
+    ids_present = {}  # (sequence, frame) -> object ids in its ground truth, each PNG read once
     from_appearance = []
     for obj in result.objects:
-        visible = [bool((read_mask_png(gt_root / obj.sequence / f"{frame}.png") == obj.obj_id).any())
-                   for frame in obj.frames]
+        for frame in obj.frames:
+            if (obj.sequence, frame) not in ids_present:
+                ids_present[obj.sequence, frame] = present_ids(read_mask_png(gt_root / obj.sequence / f"{frame}.png"))
+        visible = [obj.obj_id in ids_present[obj.sequence, frame] for frame in obj.frames]
         first = visible.index(True) if any(visible) else len(visible)
         jf = (np.asarray(obj.j_per_frame) + np.asarray(obj.f_per_frame)) / 2
         if first < len(jf):
