@@ -198,8 +198,10 @@ class TrainSection:
     activation_checkpointing: bool | list[str] = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
+    # with `dataset.val_data_path`, J&F is scored every `val_every_epochs` epochs (0: never by epoch), every
+    # `val_every_steps` steps (0: never by step), and always after the last epoch
     val_every_epochs: int = 1
-    val_every_steps: int = 0  # 0: only every `val_every_epochs`
+    val_every_steps: int = 0
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     log_every_steps: int = 1
     # loss weights and settings (official MultiStepMultiMasksAndIous)

@@ -245,6 +245,21 @@ def test_validation_every_n_steps_logs_at_those_steps(tmp_path: Path) -> None:
     assert load_training_checkpoint(tmp_path / "best.pt")["steps"] == 4
 
 
+def test_the_last_epoch_is_validated_and_can_be_the_best_checkpoint(tmp_path: Path) -> None:
+    # every other epoch over 3 epochs: epoch 2 by the schedule, epoch 3 because it is the last
+    scores = iter([50.0, 70.0])
+    trainer = make_trainer(tmp_path / "epochs", num_clips=2, epochs=3, val_every_epochs=2,
+                           validate=lambda model: {"J&F": next(scores)})
+    assert trainer.fit().best_meter_values["epoch"] == 3
+    assert [r["epoch"] for r in read_metrics(tmp_path / "epochs" / "metrics.jsonl", "val")] == [2, 3]
+    assert load_training_checkpoint(tmp_path / "epochs" / "best.pt")["steps"] == 6
+    # a step schedule that already validated the last step is not repeated after the epoch
+    trainer = make_trainer(tmp_path / "steps", num_clips=4, epochs=1, val_every_epochs=0, val_every_steps=2,
+                           validate=lambda model: {"J&F": 1.0})
+    trainer.fit()
+    assert [r["step"] for r in read_metrics(tmp_path / "steps" / "metrics.jsonl", "val")] == [2, 4]
+
+
 def test_parameter_groups_and_schedule() -> None:
     model = nn.Module()
     model.image_encoder = nn.Module()
