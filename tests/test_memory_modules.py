@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sam2_video.model import memory_attention
 from sam2_video.model.memory_attention import MemoryAttention
 from sam2_video.model.memory_encoder import MemoryEncoder
 from sam2_video.model.presets import SAM2Config, sam2_config
@@ -86,6 +87,29 @@ def test_memory_attention_matches_official(preset, image_size, num_frames, num_p
         actual = ours(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=num_ptr_tokens)
     assert actual.shape == (tokens, batch, cfg.d_model)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("score_chunk_elements", [memory_attention.SCORE_CHUNK_ELEMENTS, 5000])
+def test_memory_attention_gives_the_official_result_with_and_without_gradients(monkeypatch, score_chunk_elements):
+    """Inference on the CPU weighs the memory's values before their projection, a chunk of queries at a
+    time (5000 score elements: one query per chunk here); with gradients the fused attention runs. Both
+    give the official numbers."""
+    require_reference()
+    monkeypatch.setattr(memory_attention, "SCORE_CHUNK_ELEMENTS", score_chunk_elements)
+    cfg = sam2_config("sam2.1_hiera_t", image_size=256)
+    ours, ref = MemoryAttention(cfg), _official_memory_attention(cfg)
+    _pair(ours, ref)
+    tokens = cfg.feat_size**2
+    curr, curr_pos = torch.randn(tokens, 1, cfg.d_model), torch.randn(tokens, 1, cfg.d_model)
+    memory = torch.randn(3 * tokens + 8, 1, cfg.mem_dim)
+    memory_pos = torch.randn_like(memory)
+    with torch.no_grad():
+        expected = ref(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=8)
+        inference = ours(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=8)
+    with torch.enable_grad():
+        training = ours(curr.requires_grad_(), memory, curr_pos, memory_pos, num_obj_ptr_tokens=8)
+    torch.testing.assert_close(inference, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(training.detach(), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("preset,image_size", CONFIGS)
