@@ -44,8 +44,8 @@ SAM2_TRAINABLE_MODULES = [
 TRAIN_VIDEOS = 192
 
 # Epochs over those videos. SAM2: 7 keeps the whole demo within 10 minutes on 2 CPU cores (8 took 11 min
-# 10 s on seed 0); with the last epoch validated it scored 0.866 / 0.794 / 0.808 held out on seeds 0-2
-# (epoch 7 on each), 8 epochs 0.815 / 0.851 / 0.790 (README). STCN's J&F on the selection videos was still
+# 10 s on seed 0); it scored 0.876 / 0.794 / 0.808 held out on seeds 0-2 (epochs 6 / 7 / 7), 8 epochs
+# 0.815 / 0.851 / 0.790 (README). STCN's J&F on the selection videos was still
 # rising at epoch 8: on seed 0 it scored 0.826 held out after 8 epochs and 0.869 after 12 (two threads,
 # 10 min 39 s and 14 min 23 s of training).
 DEFAULT_EPOCHS = {"sam2": 7, "stcn": 12}
