@@ -46,10 +46,13 @@ class Attention(nn.Module):
         b, heads, n, c = x.shape
         return x.transpose(1, 2).reshape(b, n, heads * c)
 
+    def active_dropout(self) -> float:
+        """The dropout on attention weights that a call applies now: `dropout` in training, 0 in evaluation."""
+        return self.dropout_p if self.training else 0.0
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product attention of per-head tensors [B, heads, N, c], then the output projection."""
-        dropout_p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.active_dropout())
         return self.out_proj(self.recombine_heads(out))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

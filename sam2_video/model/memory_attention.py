@@ -146,7 +146,7 @@ class RoPEAttention(Attention):
         SCORE_CHUNK_ELEMENTS; the scores' round trip through memory costs most of what the narrower values
         save). With gradients the fused kernel keeps less for the backward pass (it stores no scores), and
         on a GPU the fused kernels avoid that round trip."""
-        return (q.device.type == "cpu" and not torch.is_grad_enabled() and not (self.training and self.dropout_p > 0)
+        return (q.device.type == "cpu" and not torch.is_grad_enabled() and self.active_dropout() == 0
                 and self.num_heads * self.kv_in_dim < self.internal_dim)
 
 
