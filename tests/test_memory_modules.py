@@ -89,19 +89,19 @@ def test_memory_attention_matches_official(preset, image_size, num_frames, num_p
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("score_chunk_elements", [memory_attention.SCORE_CHUNK_ELEMENTS, 5000])
-def test_memory_attention_gives_the_official_result_with_and_without_gradients(monkeypatch, score_chunk_elements):
+@pytest.mark.parametrize("query_chunk_rows", [memory_attention.QUERY_CHUNK_ROWS, 3])
+def test_memory_attention_gives_the_official_result_with_and_without_gradients(monkeypatch, query_chunk_rows):
     """Inference on the CPU weighs the memory's values before their projection, a chunk of queries at a
-    time (5000 score elements: one query per chunk here); with gradients the fused attention runs. Both
-    give the official numbers."""
+    time (3 rows: the last of this frame's 256 queries in a chunk of its own); with
+    gradients the fused attention runs. Both give the official numbers."""
     require_reference()
-    monkeypatch.setattr(memory_attention, "SCORE_CHUNK_ELEMENTS", score_chunk_elements)
+    monkeypatch.setattr(memory_attention, "QUERY_CHUNK_ROWS", query_chunk_rows)
     cfg = sam2_config("sam2.1_hiera_t", image_size=256)
     ours, ref = MemoryAttention(cfg), _official_memory_attention(cfg)
     _pair(ours, ref)
-    tokens = cfg.feat_size**2
-    curr, curr_pos = torch.randn(tokens, 1, cfg.d_model), torch.randn(tokens, 1, cfg.d_model)
-    memory = torch.randn(3 * tokens + 8, 1, cfg.mem_dim)
+    tokens, objects = cfg.feat_size**2, 2
+    curr, curr_pos = torch.randn(tokens, objects, cfg.d_model), torch.randn(tokens, objects, cfg.d_model)
+    memory = torch.randn(3 * tokens + 8, objects, cfg.mem_dim)
     memory_pos = torch.randn_like(memory)
     with torch.no_grad():
         expected = ref(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=8)

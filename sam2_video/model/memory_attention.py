@@ -38,11 +38,12 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(x_complex * freqs).flatten(3).type_as(x)
 
 
-# Queries per chunk in `attend_unprojected_values`: their scores against all memory tokens stay under
-# 2**22 floats (16 MiB), ~150 queries against the ~29k memory tokens of 7 memory frames at 1024 px.
-# Memory attention took 2-15% less time with 2**22 than with the fused kernel, 2**23 0-13% and smaller
-# chunks longer than the fused kernel (one thread, 3 and 7 memory frames at 512 and 1024 px)
-SCORE_CHUNK_ELEMENTS = 2**22
+# Queries per chunk in `attend_unprojected_values`. Enough rows that the product's packing of the keys is
+# amortised; few enough that scores and probabilities (2 x 29 MiB against the ~29k memory tokens of 7 memory
+# frames at 1024 px) stay near the last-level cache. One thread, one memory-attention layer, 7 memory frames:
+# 1024 px 1.10 s with 256 rows, 1.15 s with 512, 1.22 s with 128 (each chunk allocating fresh scores, 1.50 s);
+# at 512 px, all 1024 queries in one chunk took 30% longer than 256
+QUERY_CHUNK_ROWS = 256
 
 
 def attend_unprojected_values(q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, v_proj: nn.Linear) -> torch.Tensor:
@@ -54,16 +55,24 @@ def attend_unprojected_values(q: torch.Tensor, k: torch.Tensor, values: torch.Te
     official models) against c = 256 once projected, so the weighted sum costs a quarter of the
     multiplications; PyTorch's fused CPU attention needs values as wide as the keys (with narrower ones it
     took longer than with the projected ones), hence the explicit scores, a chunk of queries at a time.
+    The chunks write into one scores and one probabilities buffer: a fresh tensor of this size per chunk
+    is fresh memory pages from the system, whose first touch cost ~15% of the whole. The keys are copied
+    transposed once, so that the product reads them row by row.
     """
     b, heads, num_q, c = q.shape
+    num_k = k.shape[-2]
     q = q * c**-0.5
-    keys_t = k.transpose(-1, -2)
+    keys_t = k.transpose(-1, -2).contiguous()  # [B, heads, c, M]
     values = values.unsqueeze(1)  # [B, 1, M, C_kv]: the same values for every head
     weighted = q.new_empty(b, heads, num_q, values.shape[-1])
-    rows = max(1, SCORE_CHUNK_ELEMENTS // (b * heads * k.shape[-2]))
+    rows = min(num_q, QUERY_CHUNK_ROWS)
+    scores = q.new_empty(b, heads, rows, num_k)
+    probabilities = torch.empty_like(scores)
     for start in range(0, num_q, rows):
-        scores = torch.matmul(q[:, :, start:start + rows], keys_t)
-        weighted[:, :, start:start + rows] = torch.matmul(scores.softmax(-1), values)
+        n = min(rows, num_q - start)
+        torch.matmul(q[:, :, start:start + n], keys_t, out=scores[:, :, :n])
+        torch.softmax(scores[:, :, :n], -1, out=probabilities[:, :, :n])
+        torch.matmul(probabilities[:, :, :n], values, out=weighted[:, :, start:start + n])
     weight = v_proj.weight.unflatten(0, (heads, c))  # [heads, c, C_kv]: each head's rows of v_proj
     return torch.matmul(weighted, weight.transpose(-1, -2)) + v_proj.bias.unflatten(0, (heads, c))[:, None]
 
@@ -145,9 +154,10 @@ class RoPEAttention(Attention):
         against 256), in inference on the CPU, where the whole memory attention took 2-15% less time (see
         SCORE_CHUNK_ELEMENTS; the scores' round trip through memory costs most of what the narrower values
         save). With gradients the fused kernel keeps less for the backward pass (it stores no scores), and
-        on a GPU the fused kernels avoid that round trip."""
+        on a GPU the fused kernels avoid that round trip. Under autocast (bfloat16 inference) the fused kernel
+        runs too: autocast picks each operation's precision, which the float32 buffers here would not follow."""
         return (q.device.type == "cpu" and not torch.is_grad_enabled() and self.active_dropout() == 0
-                and self.num_heads * self.kv_in_dim < self.internal_dim)
+                and not torch.is_autocast_enabled("cpu") and self.num_heads * self.kv_in_dim < self.internal_dim)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -192,7 +202,7 @@ class MemoryAttentionLayer(nn.Module):
         attended = self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=num_k_exclude_rope)
         tgt = tgt + self.dropout2(attended)
         x = self.norm3(tgt)
-        x = self.linear2(self.dropout(F.relu(self.linear1(x))))
+        x = self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))  # linear1 keeps no output for its backward
         return tgt + self.dropout3(x)
 
 
