@@ -152,7 +152,7 @@ class RoPEAttention(Attention):
     def _weighs_values_before_projection(self, q: torch.Tensor) -> bool:
         """Whether to use `attend_unprojected_values`: for values narrower than a head (the 64-wide memory
         against 256), in inference on the CPU, where the whole memory attention took 2-15% less time (see
-        SCORE_CHUNK_ELEMENTS; the scores' round trip through memory costs most of what the narrower values
+        QUERY_CHUNK_ROWS; the scores' round trip through memory costs most of what the narrower values
         save). With gradients the fused kernel keeps less for the backward pass (it stores no scores), and
         on a GPU the fused kernels avoid that round trip. Under autocast (bfloat16 inference) the fused kernel
         runs too: autocast picks each operation's precision, which the float32 buffers here would not follow."""
