@@ -89,13 +89,16 @@ def test_memory_attention_matches_official(preset, image_size, num_frames, num_p
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("query_chunk_rows", [memory_attention.QUERY_CHUNK_ROWS, 3])
-def test_memory_attention_gives_the_official_result_with_and_without_gradients(monkeypatch, query_chunk_rows):
-    """Inference on the CPU weighs the memory's values before their projection, a chunk of queries at a
-    time (3 rows: the last of this frame's 256 queries in a chunk of its own); with
-    gradients the fused attention runs. Both give the official numbers."""
+@pytest.mark.parametrize("rows,columns", [(memory_attention.QUERY_CHUNK_ROWS, memory_attention.KEY_BLOCK_COLUMNS),
+                                          (3, 100)])
+def test_memory_attention_gives_the_official_result_with_and_without_gradients(monkeypatch, rows, columns):
+    """Inference on the CPU weighs the memory's values before their projection, a block of queries and
+    keys at a time (3 x 100: the last of this frame's 256 queries and of its 776 keys in short blocks, the
+    softmax carried over 8 blocks of keys); with gradients the fused attention runs. Both give the
+    official numbers."""
     require_reference()
-    monkeypatch.setattr(memory_attention, "QUERY_CHUNK_ROWS", query_chunk_rows)
+    monkeypatch.setattr(memory_attention, "QUERY_CHUNK_ROWS", rows)
+    monkeypatch.setattr(memory_attention, "KEY_BLOCK_COLUMNS", columns)
     cfg = sam2_config("sam2.1_hiera_t", image_size=256)
     ours, ref = MemoryAttention(cfg), _official_memory_attention(cfg)
     _pair(ours, ref)

@@ -38,12 +38,13 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(x_complex * freqs).flatten(3).type_as(x)
 
 
-# Queries per chunk in `attend_unprojected_values`. Enough rows that the product's packing of the keys is
-# amortised; few enough that scores and probabilities (2 x 29 MiB against the ~29k memory tokens of 7 memory
-# frames at 1024 px) stay near the last-level cache. One thread, one memory-attention layer, 7 memory frames:
-# 1024 px 1.10 s with 256 rows, 1.15 s with 512, 1.22 s with 128 (each chunk allocating fresh scores, 1.50 s);
-# at 512 px, all 1024 queries in one chunk took 30% longer than 256
-QUERY_CHUNK_ROWS = 256
+# Block sizes of `attend_unprojected_values`: queries per chunk, and keys per block of scores. A 1024 x 1024
+# block of scores (4 MiB) stays in the caches between the product that writes it, the exponential and the
+# product that reads it. One thread, one cross-attention at 1024 px against 7 memory frames (29k keys): 1.13 s
+# against 1.27 s with whole rows of scores (256 queries x 29k keys, 2 x 29 MiB of scores and probabilities);
+# 1024 x 2048 and 512 x 1024 blocks 1.15 s, 4096 x 512 1.23 s (medians of 5, alternated)
+QUERY_CHUNK_ROWS = 1024
+KEY_BLOCK_COLUMNS = 1024
 
 
 def attend_unprojected_values(q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, v_proj: nn.Linear) -> torch.Tensor:
@@ -54,25 +55,37 @@ def attend_unprojected_values(q: torch.Tensor, k: torch.Tensor, values: torch.Te
     projection gives the same sum, v_proj's bias included. Memory values are mem_dim wide (64 in the
     official models) against c = 256 once projected, so the weighted sum costs a quarter of the
     multiplications; PyTorch's fused CPU attention needs values as wide as the keys (with narrower ones it
-    took longer than with the projected ones), hence the explicit scores, a chunk of queries at a time.
-    The chunks write into one scores and one probabilities buffer: a fresh tensor of this size per chunk
-    is fresh memory pages from the system, whose first touch cost ~15% of the whole. The keys are copied
-    transposed once, so that the product reads them row by row.
+    took longer than with the projected ones), hence the explicit scores.
+
+    The scores are made a block of keys at a time with the online softmax of flash attention: each block's
+    exponentials are taken against the running row maximum, and what was summed before is rescaled when
+    the maximum grows. Whole rows of scores would not stay in the caches (see KEY_BLOCK_COLUMNS).
     """
     b, heads, num_q, c = q.shape
     num_k = k.shape[-2]
     q = q * c**-0.5
-    keys_t = k.transpose(-1, -2).contiguous()  # [B, heads, c, M]
     values = values.unsqueeze(1)  # [B, 1, M, C_kv]: the same values for every head
-    weighted = q.new_empty(b, heads, num_q, values.shape[-1])
-    rows = min(num_q, QUERY_CHUNK_ROWS)
-    scores = q.new_empty(b, heads, rows, num_k)
-    probabilities = torch.empty_like(scores)
+    weighted = q.new_zeros(b, heads, num_q, values.shape[-1])
+    rows, columns = min(num_q, QUERY_CHUNK_ROWS), min(num_k, KEY_BLOCK_COLUMNS)
+    scores = q.new_empty(b, heads, rows, columns)  # one buffer: fresh memory pages cost their first touch
+    block_sum = q.new_empty(b, heads, rows, values.shape[-1])
     for start in range(0, num_q, rows):
         n = min(rows, num_q - start)
-        torch.matmul(q[:, :, start:start + n], keys_t, out=scores[:, :, :n])
-        torch.softmax(scores[:, :, :n], -1, out=probabilities[:, :, :n])
-        torch.matmul(probabilities[:, :, :n], values, out=weighted[:, :, start:start + n])
+        total = weighted[:, :, start:start + n]  # sum of exp(score - row_max) * value over the keys so far
+        row_max = q.new_full((b, heads, n, 1), -math.inf)
+        normaliser = q.new_zeros(b, heads, n, 1)  # sum of exp(score - row_max) over the keys so far
+        for key_start in range(0, num_k, columns):
+            keys = slice(key_start, key_start + columns)
+            block = scores[:, :, :n, : min(columns, num_k - key_start)]
+            torch.matmul(q[:, :, start:start + n], k[:, :, keys].transpose(-1, -2), out=block)
+            new_max = torch.maximum(row_max, block.amax(-1, keepdim=True))
+            rescale = (row_max - new_max).exp_()  # 0 on the first block (row_max is -inf there)
+            block.sub_(new_max).exp_()
+            normaliser.mul_(rescale).add_(block.sum(-1, keepdim=True))
+            torch.matmul(block, values[:, :, keys], out=block_sum[:, :, :n])
+            total.mul_(rescale).add_(block_sum[:, :, :n])
+            row_max = new_max
+        total.div_(normaliser)
     weight = v_proj.weight.unflatten(0, (heads, c))  # [heads, c, C_kv]: each head's rows of v_proj
     return torch.matmul(weighted, weight.transpose(-1, -2)) + v_proj.bias.unflatten(0, (heads, c))[:, None]
 
@@ -151,10 +164,9 @@ class RoPEAttention(Attention):
 
     def _weighs_values_before_projection(self, q: torch.Tensor) -> bool:
         """Whether to use `attend_unprojected_values`: for values narrower than a head (the 64-wide memory
-        against 256), in inference on the CPU, where the whole memory attention took 2-15% less time (see
-        QUERY_CHUNK_ROWS; the scores' round trip through memory costs most of what the narrower values
-        save). With gradients the fused kernel keeps less for the backward pass (it stores no scores), and
-        on a GPU the fused kernels avoid that round trip. Under autocast (bfloat16 inference) the fused kernel
+        against 256), in inference on the CPU, where the whole memory attention took less time (see
+        KEY_BLOCK_COLUMNS). With gradients the fused kernel keeps less for the backward pass (it stores no
+        scores), and on a GPU the fused kernels run faster than these separate steps. Under autocast (bfloat16 inference) the fused kernel
         runs too: autocast picks each operation's precision, which the float32 buffers here would not follow."""
         return (q.device.type == "cpu" and not torch.is_grad_enabled() and self.active_dropout() == 0
                 and not torch.is_autocast_enabled("cpu") and self.num_heads * self.kv_in_dim < self.internal_dim)
