@@ -40,7 +40,7 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 # Block sizes of `attend_unprojected_values`: queries per chunk, and keys per block of scores. A 1024 x 1024
 # block of scores (4 MiB) stays in the caches between the product that writes it, the exponential and the
-# product that reads it. One thread, one cross-attention at 1024 px against 7 memory frames (29k keys): 1.13 s
+# product that reads it. One thread, this function alone at 1024 px against 7 memory frames (29k keys): 1.13 s
 # against 1.27 s with whole rows of scores (256 queries x 29k keys, 2 x 29 MiB of scores and probabilities);
 # 1024 x 2048 and 512 x 1024 blocks 1.15 s, 4096 x 512 1.23 s (medians of 5, alternated)
 QUERY_CHUNK_ROWS = 1024
@@ -166,8 +166,9 @@ class RoPEAttention(Attention):
         """Whether to use `attend_unprojected_values`: for values narrower than a head (the 64-wide memory
         against 256), in inference on the CPU, where the whole memory attention took less time (see
         KEY_BLOCK_COLUMNS). With gradients the fused kernel keeps less for the backward pass (it stores no
-        scores), and on a GPU the fused kernels run faster than these separate steps. Under autocast (bfloat16 inference) the fused kernel
-        runs too: autocast picks each operation's precision, which the float32 buffers here would not follow."""
+        scores), and on a GPU the fused kernels run faster than these separate steps. Under autocast
+        (bfloat16 inference) the fused kernel runs too: autocast picks each operation's precision, which
+        the float32 buffers here would not follow."""
         return (q.device.type == "cpu" and not torch.is_grad_enabled() and self.active_dropout() == 0
                 and not torch.is_autocast_enabled("cpu") and self.num_heads * self.kv_in_dim < self.internal_dim)
 
